@@ -1,0 +1,25 @@
+"""jacbench strategies: a registry of interchangeable ways to compute Jacobian-family quantities.
+
+    >>> import strategies
+    >>> s = strategies.get("jacobian", "torch.jacrev")
+    >>> s.idea, s.exact, s.framework
+"""
+import importlib
+
+from .agreement import TOLERANCE, max_error, tolerance
+from .problem import Layer, ModelSpec, Problem
+from .quantities import NTK_MODES, QUANTITIES, quantity, reference
+from .registry import Strategy, UnknownName, get, register, strategies
+
+# One module per family of strategies and framework; importing one registers its strategies.
+# JAX and peer-library modules register their strategies even when the library is missing,
+# and the strategies then report themselves not applicable with the reason.
+IMPLEMENTATIONS = (
+    "torch_jacobians", "torch_diagonals", "torch_hessians", "torch_products", "torch_ntk",
+)
+for _name in IMPLEMENTATIONS:
+    importlib.import_module(f"{__name__}.{_name}")
+
+__all__ = ["Layer", "ModelSpec", "NTK_MODES", "Problem", "QUANTITIES", "Strategy", "TOLERANCE",
+           "UnknownName", "get", "max_error", "quantity", "reference", "register", "strategies",
+           "tolerance"]

@@ -1,0 +1,25 @@
+"""Applicability rules shared by strategies of every framework: each returns None or a reason."""
+from __future__ import annotations
+
+from .problem import Problem
+
+
+def samples_independent(problem: Problem) -> str | None:
+    """The sum-over-batch trick and one-jvp diagonals need outputs of one sample to depend on
+    that sample's inputs only."""
+    if problem.quantity == "jac_diag" and "separable" not in problem.flags:
+        return "outputs mix all inputs (not a batch of independent samples)"
+    if "coupled" in problem.flags:
+        return "samples interact (e.g. train-mode batch norm)"
+    return None
+
+
+def at_most(key: str, limit: int):
+    """A dense path that is hopeless above a size: say so instead of running out of memory."""
+    def rule(problem: Problem) -> str | None:
+        value = problem.sizes.get(key, 0)
+        if value > limit:
+            return f"{key}={value} exceeds {limit}: the dense intermediate would not fit"
+        return None
+    rule.__doc__ = f"{key} <= {limit}"
+    return rule

@@ -1,0 +1,125 @@
+"""Builds a torch module from a `ModelSpec` and exposes the function views every quantity uses.
+
+Batch norm runs in eval mode: running statistics are fixed buffers, so the network is a fixed
+function of its inputs and parameters, samples do not interact, and the NTK is well defined
+(the usual choice for empirical NTKs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .problem import Layer, ModelSpec, Problem
+
+
+class Sqrt(nn.Module):
+    def forward(self, x):
+        return torch.sqrt(x)
+
+
+class AvgPool2(nn.AvgPool2d):
+    def __init__(self):
+        super().__init__(2)
+
+
+def _module(layer: Layer) -> nn.Module:
+    p, o = layer.params, layer.options
+    if layer.kind == "linear":
+        w = p["weight"]
+        return nn.Linear(w.shape[1], w.shape[0], bias="bias" in p)
+    if layer.kind == "conv2d":
+        w = p["weight"]
+        return nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], stride=o.get("stride", 1),
+                         padding=o.get("padding", 0), bias="bias" in p)
+    if layer.kind == "batchnorm2d":
+        return nn.BatchNorm2d(p["weight"].shape[0], eps=o.get("eps", 1e-5))
+    return {"tanh": nn.Tanh, "relu": nn.ReLU, "sqrt": Sqrt, "flatten": nn.Flatten,
+            "avgpool2": AvgPool2}[layer.kind]()
+
+
+def build_module(spec: ModelSpec, device="cpu", dtype=torch.float32) -> nn.Module:
+    """An eval-mode `nn.Sequential` holding exactly the spec's numpy weights."""
+    model = nn.Sequential(*[_module(layer) for layer in spec.layers])
+    with torch.no_grad():
+        for module, layer in zip(model, spec.layers):
+            for name, value in {**layer.params, **layer.buffers}.items():
+                getattr(module, name).copy_(torch.from_numpy(np.asarray(value)))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@dataclass
+class TorchView:
+    """A problem on one device and dtype: module, parameters, data, and the function views.
+
+    - `f(x)`: one sample, flat vector (n,) -> (m,) (jacobian, jvp, vjp, cross_jacobian)
+    - `phi(x)`: scalar 0.5 * ||f(x)||^2 (hessian family)
+    - `fb(X)`: batch (B, *in_shape) -> (B, m) (batch_jacobian, batch_hessian)
+    - `fp(params, X)`: parameters -> (B, m) (param_jacobian, ggn_vp, ntk)
+    - `fd(x)`: jac_diag view, (N,) -> (N, k)
+    """
+
+    problem: Problem
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    data: dict[str, torch.Tensor]
+
+    def f(self, x):
+        return self.model(x.reshape(1, *self.problem.spec.in_shape))[0]
+
+    def phi(self, x):
+        return 0.5 * (self.f(x) ** 2).sum()
+
+    def fb(self, X):
+        return self.model(X)
+
+    def fp(self, params, X):
+        return functional_call(self.model, (params, self.buffers), (X,))
+
+    def fd(self, x):
+        if "separable" in self.problem.flags:  # one scalar input per sample (seed 002)
+            return self.model(x.reshape(-1, 1))
+        return self.f(x).reshape(-1, 1)  # a square map R^N -> R^N
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def flat(self, tree: dict[str, torch.Tensor], lead: int = 0) -> torch.Tensor:
+        """Concatenate a params-shaped dict into one trailing axis, keeping `lead` leading axes."""
+        return torch.cat([t.reshape(*t.shape[:lead], -1) for t in tree.values()], dim=-1)
+
+    def unflat(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for k, p in self.params.items():
+            out[k] = vec[i:i + p.numel()].reshape(p.shape)
+            i += p.numel()
+        return out
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """Accept torch dtypes and their names ("float32", "float64"); None means float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).replace("torch.", "")
+    if name not in ("float32", "float64"):
+        raise ValueError(f"unsupported dtype {dtype!r}; use float32 or float64")
+    return getattr(torch, name)
+
+
+def torch_view(problem: Problem, device="cpu", dtype=torch.float32) -> TorchView:
+    dtype = torch_dtype(dtype)
+    # Parameters are differentiated through functional_call with explicit tensors; switching
+    # their requires_grad off keeps input-derivative strategies from recording parameter graphs.
+    model = build_module(problem.spec, device, dtype).requires_grad_(False)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    data = {k: torch.as_tensor(np.asarray(v), device=device, dtype=dtype)
+            for k, v in problem.data.items()}
+    return TorchView(problem, model, params, buffers, data)
