@@ -44,12 +44,14 @@ def batchnorm(rng, c) -> Layer:
                           "running_var": rng.uniform(0.5, 1.5, c)})
 
 
-def tanh_mlp(rng, dims: list[int], act="tanh") -> ModelSpec:
+def tanh_mlp(rng, dims: list[int], act="tanh", out_act: str | None = None) -> ModelSpec:
     layers: list[Layer] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         layers.append(linear(rng, a, b))
         if i < len(dims) - 2:
             layers.append(Layer(act))
+    if out_act:
+        layers.append(Layer(out_act))
     return ModelSpec(tuple(layers), (dims[0],), dims[-1])
 
 
@@ -153,7 +155,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                      "ntk": [{"channels": 16, "hidden": 192, "image": 32, "B1": b, "B2": b,
                               "scale": b} for b in (10, 25, 100)]}}),
     Family("seed004_linear_tanh", "seed 004: predict(x) = tanh(W x + b)",
-           lambda rng, s: tanh_mlp(rng, [s["n"], s["m"]]),
+           lambda rng, s: tanh_mlp(rng, [s["n"], s["m"]], out_act="tanh"),
            {"test": {"jacobian": [{"n": 3, "m": 5, "scale": 15}, {"n": 5, "m": 3, "scale": 15}],
                      "batch_jacobian": [{"n": 4, "m": 3, "B": 3, "scale": 3}],
                      "hessian": [{"n": 4, "m": 4, "scale": 4}],
