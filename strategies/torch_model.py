@@ -43,7 +43,8 @@ def _module(layer: Layer) -> nn.Module:
 
 def build_module(spec: ModelSpec, device="cpu", dtype=torch.float32) -> nn.Module:
     """An eval-mode `nn.Sequential` holding exactly the spec's numpy weights."""
-    model = nn.Sequential(*[_module(layer) for layer in spec.layers])
+    # Cast before copying: copying float64 numpy weights into float32 modules would round them.
+    model = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(dtype=dtype)
     with torch.no_grad():
         for module, layer in zip(model, spec.layers):
             for name, value in {**layer.params, **layer.buffers}.items():

@@ -1,0 +1,168 @@
+"""`python -m bench` / `jacbench`: list what the suite holds, run a sweep, build the report.
+
+    jacbench list [--quantity Q] [--framework F]
+    jacbench run [--profile quick|full|test] [--quantity Q] [--strategy S] [--problem FAMILY]
+                 [--size LABEL|SCALE] [--device cpu|cuda] [--dtype float32|float64]
+                 [--framework F] [--results PATH] [--resume] [--timeout S] [--mem-cap GB]
+                 [--threads T]
+    jacbench report RESULTS [--out PATH]
+
+Filters take names or comma-separated lists and may be repeated. Bad input gets one line on
+stderr that says what is allowed, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+DEFAULT_REPORT = Path("reports") / "out" / "index.html"
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise _Usage(f"{self.prog}: {message}")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _parser() -> _Parser:
+    from .runner import DEVICES, DTYPES, PROFILES
+    from .store import DEFAULT_PATH
+
+    top = _Parser(prog="jacbench", description="Benchmark and verify autodiff strategies.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,report}")
+
+    ls = sub.add_parser("list", help="quantities, strategies and problem families")
+    ls.add_argument("--quantity", action="append", help="only strategies for these quantities")
+    ls.add_argument("--framework", action="append", help="only strategies of these frameworks")
+    ls.set_defaults(func=_cmd_list)
+
+    run = sub.add_parser("run", help="run a sweep and append its results")
+    run.add_argument("--profile", default="quick", choices=list(PROFILES),
+                     help="; ".join(f"{p.name}: {p.about}" for p in PROFILES.values()))
+    run.add_argument("--quantity", action="append", help="quantity name(s)")
+    run.add_argument("--strategy", action="append", help="strategy name(s), e.g. torch.jacrev")
+    run.add_argument("--problem", action="append", help="problem family name(s)")
+    run.add_argument("--size", action="append", help="size label (B=256,width=64) or scale")
+    run.add_argument("--framework", action="append", help="framework(s): torch, jax, ...")
+    run.add_argument("--device", default="cpu", choices=list(DEVICES))
+    run.add_argument("--dtype", choices=list(DTYPES), help="default: the profile's (float32)")
+    run.add_argument("--results", type=Path, default=DEFAULT_PATH, help="JSON Lines file")
+    run.add_argument("--resume", action="store_true", help="skip cases already in RESULTS")
+    run.add_argument("--timeout", type=_positive(float), help="seconds per case")
+    run.add_argument("--mem-cap", type=_positive(float), help="GB per case")
+    run.add_argument("--threads", type=_positive(int), help="CPU threads per case")
+    run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
+    run.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="build the HTML report from a results file")
+    rep.add_argument("results", type=Path)
+    rep.add_argument("--out", type=Path, default=DEFAULT_REPORT)
+    rep.set_defaults(func=_cmd_report)
+    return top
+
+
+def _cmd_list(args) -> int:
+    import strategies
+    from strategies.registry import FRAMEWORKS, unknown
+
+    from .problems import FAMILIES
+
+    quantities = args.quantity or list(strategies.QUANTITIES)
+    for q in quantities:
+        strategies.quantity(q)
+    for f in args.framework or ():
+        if f not in FRAMEWORKS:
+            raise unknown("framework", f, FRAMEWORKS)
+    wrap = textwrap.TextWrapper(width=100, initial_indent="      ", subsequent_indent="      ")
+    print("Quantities:")
+    for q in quantities:
+        spec = strategies.quantity(q)
+        print(f"  {q:<15} {spec.layout:<10} {spec.meaning}")
+    print("\nStrategies (quantity, name, framework, exact or approximate, idea and cost):")
+    for q in quantities:
+        for s in strategies.strategies(quantity=q):
+            if args.framework and s.framework not in args.framework:
+                continue
+            print(f"  {q:<15} {s.name:<32} {s.framework:<8} "
+                  f"{'exact' if s.exact else 'approx'}")
+            print(wrap.fill(s.idea))
+    print("\nProblem families (quantities on the quick ladder):")
+    for fam in FAMILIES.values():
+        qs = [q for q in fam.ladders.get("quick", {}) if q in quantities]
+        if qs:
+            print(f"  {fam.name:<20} {fam.about}")
+            print(f"  {'':<20} {', '.join(qs)}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .runner import select_cases, sweep
+
+    cases = select_cases(args.profile, args.quantity, args.strategy, args.problem, args.size,
+                         args.framework, args.device, args.dtype)
+    summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
+                    mem_cap_gb=args.mem_cap, threads=args.threads, resume=args.resume,
+                    quiet=args.quiet)
+    print(summary)
+    if summary.interrupted:
+        print("interrupted: rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_report(args) -> int:
+    if not args.results.is_file():
+        raise _Usage(f"jacbench report: results file {str(args.results)!r} does not exist; "
+                     "make one with `python -m bench run`")
+    try:
+        from reports.build import build_report
+    except ImportError as exc:
+        print(f"jacbench report: no report builder: reports.build.build_report cannot be "
+              f"imported ({exc})", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    written = build_report(args.results, args.out)
+    print(f"report: {written or args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from strategies.registry import UnknownName
+
+    from .runner import BadInput
+
+    command = "jacbench"
+    try:
+        args = _parser().parse_args(argv)
+        command = f"jacbench {args.command}"
+        return args.func(args)
+    except _Usage as exc:
+        print(str(exc), file=sys.stderr)
+    except (UnknownName, BadInput) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:  # `jacbench list | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 2

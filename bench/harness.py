@@ -1,0 +1,254 @@
+"""The harness: measure ONE case (strategy, problem, device, dtype) in the current process.
+
+For a case it records, in this order:
+1. peak memory of preparing and calling the strategy once: the RSS high-water mark less the
+   process's RSS just before (reset through /proc/self/clear_refs), or on CUDA the allocator's
+   peak; meaningful in a fresh process, which is how the runner calls it (bench.isolation);
+2. the first call's time (compile or tracing included), kept apart from steady state;
+3. agreement with the float64 reference, by the one rule in strategies.agreement;
+4. steady-state time: torch.utils.benchmark's adaptive_autorange (median, IQR, run count), the
+   result forced inside the timed region (`force`).
+
+`forward_time` times one plain forward pass of the problem's model, so reports can show each
+strategy's cost relative to evaluating the function.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+import timeit
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from strategies.agreement import ShapeMismatch, max_error, tolerance
+from strategies.problem import Problem
+from strategies.registry import Strategy
+from strategies.torch_model import torch_view
+
+
+@dataclass(frozen=True)
+class Timing:
+    """adaptive_autorange's knobs: stop once IQR/median < threshold (after min_run_time and at
+    least four blocks), or when max_run_time seconds of blocks have been spent."""
+
+    max_run_time: float = 0.25
+    min_run_time: float = 0.01
+    threshold: float = 0.1
+
+
+def force(result):
+    """Wait until `result` is computed: synchronize CUDA for torch tensors, block_until_ready
+    for JAX arrays, recursing into tuples, lists and dicts. Returns `result`."""
+    if isinstance(result, (tuple, list)):
+        for item in result:
+            force(item)
+    elif isinstance(result, dict):
+        for item in result.values():
+            force(item)
+    elif isinstance(result, torch.Tensor):
+        if result.device.type == "cuda":
+            torch.cuda.synchronize(result.device)
+    elif hasattr(result, "block_until_ready"):
+        result.block_until_ready()
+    return result
+
+
+def measure(fn, threads: int, timing: Timing = Timing()):
+    """Steady-state time of `force(fn())` by torch.utils.benchmark's adaptive_autorange.
+
+    Returns (median_s, iqr_s, runs). `threads` is passed to the Timer, which otherwise pins
+    torch to one thread while timing.
+    """
+    from torch.utils.benchmark import Timer
+
+    # timeit.default_timer: force() already synchronizes, and torch's default timer would
+    # initialise CUDA even for CPU cases on a GPU machine.
+    timer = Timer(stmt="force(fn())", globals={"fn": fn, "force": force},
+                  num_threads=threads, timer=timeit.default_timer)
+    m = timer.adaptive_autorange(threshold=timing.threshold, min_run_time=timing.min_run_time,
+                                 max_run_time=timing.max_run_time)
+    return float(m.median), float(m.iqr), int(m.number_per_run * len(m.raw_times))
+
+
+# ------------------------------------------------------------------------------ memory
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class PeakMemory:
+    """Peak memory of what runs between `start()` and `peak()`, in bytes.
+
+    CPU: VmHWM less the VmRSS at start, after resetting the high-water mark by writing "5" to
+    /proc/self/clear_refs. CUDA: the torch allocator's peak (and JAX's, for JAX strategies) less
+    what was allocated at start.
+    """
+
+    def __init__(self, device: str, framework: str = "torch"):
+        self.device, self.framework = device, framework
+        self.base = 0
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() + self._jax_gpu("bytes_in_use")
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            self.base = None  # no reset: a peak would include everything before
+            return
+        self.base = _status_kb("VmRSS") * 1024
+
+    def peak(self) -> int | None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() + self._jax_gpu("peak_bytes_in_use")
+                    - self.base)
+        if self.base is None:
+            return None
+        return max(0, _status_kb("VmHWM") * 1024 - self.base)
+
+    def _jax_gpu(self, key: str) -> int:
+        if self.framework != "jax":
+            return 0
+        import jax
+
+        stats = jax.devices("gpu")[0].memory_stats() or {}
+        return int(stats.get(key, 0))
+
+
+# ------------------------------------------------------------------------------ failures
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory",
+                "resource_exhausted", "failed to allocate")
+
+
+def classify(exc: BaseException) -> str:
+    """'oom' for an exception that means memory ran out, else 'error'."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    text = str(exc).lower()
+    return "oom" if any(m in text for m in _OOM_MARKERS) else "error"
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The exception as 'Type: first line of its message', short enough for a table cell."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _warning_note(caught) -> str:
+    seen = []
+    for w in caught:
+        text = one_line(w.message, 160) if isinstance(w.message, BaseException) else str(w.message)
+        text = " ".join(text.split())[:160]
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(f"warning: {t}" for t in seen[:2])
+
+
+# ------------------------------------------------------------------------------ one case
+def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str, ref: np.ndarray,
+             threads: int, timing: Timing = Timing(), send=None) -> dict:
+    """Measure one case here and now; returns the measurement columns of its result row.
+
+    `send(partial_row)`, when given, receives what is known before the steady-state timing
+    starts, so a case killed while timing still reports its first call, memory and error.
+    Exceptions from the strategy become status 'error' (or 'oom') with a one-line message.
+    """
+    tol = tolerance(dtype)
+    row = {"tolerance": tol, "threads": threads}
+    mem = PeakMemory(device, strategy.framework)
+    mem.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        phase = "prepare"
+        try:
+            fn = strategy.prepare(problem, device, dtype, **strategy.options)
+            phase = "first call"
+            t0 = time.perf_counter()
+            out = force(fn())
+            row["first_call_s"] = time.perf_counter() - t0
+        except Exception as exc:  # the strategy's failure is a result, not a crash
+            return {**row, "status": classify(exc), "message": f"{phase}: {one_line(exc)}"}
+    row["peak_mem_bytes"] = mem.peak()
+    note = _warning_note(caught)
+    try:
+        err = max_error(out, ref)
+    except ShapeMismatch as exc:
+        return {**row, "status": "error", "message": f"wrong layout: {exc}"}
+    del out
+    row["max_error"] = err
+    # Approximate strategies are judged by their error, not failed by it; a non-finite result
+    # disagrees whatever the strategy.
+    agrees = err <= tol if strategy.exact else np.isfinite(err)
+    row["status"] = "ok" if agrees else "disagrees"
+    row["message"] = note if agrees else (
+        f"max error {err:.3g} > tolerance {tol:.0e}" + (f"; {note}" if note else ""))
+    if send is not None:
+        send(dict(row))
+    try:
+        row["median_s"], row["iqr_s"], row["runs"] = measure(fn, threads, timing)
+    except Exception as exc:
+        return {**row, "status": classify(exc), "message": f"timing: {one_line(exc)}"}
+    return row
+
+
+def forward_callable(problem: Problem, device: str, dtype: str):
+    """One plain forward pass of the problem's torch model over every input the quantity
+    differentiates at (x, X, x1/x2 or X1/X2), without autograd."""
+    v = torch_view(problem, device, dtype)
+    calls = []
+    for key, x in v.data.items():
+        if key in ("X", "X1", "X2"):
+            calls.append((v.fb, x))
+        elif key in ("x", "x1", "x2"):
+            calls.append((v.fd if problem.quantity == "jac_diag" else v.f, x))
+
+    def run():
+        with torch.no_grad():
+            return tuple(f(x) for f, x in calls)
+    return run
+
+
+def forward_time(problem: Problem, device: str, dtype: str, threads: int,
+                 timing: Timing = Timing()) -> float:
+    fn = forward_callable(problem, device, dtype)
+    force(fn())
+    return measure(fn, threads, timing)[0]
+
+
+# ------------------------------------------------------------------------------ child setup
+def pin_threads(threads: int, device: str = "cpu") -> None:
+    """Pin this (fresh) process to `threads` CPU threads for torch and XLA alike.
+
+    Call before any torch or JAX computation: the CPU affinity mask bounds both frameworks'
+    pools; torch.set_num_threads sizes torch's; XLA reads XLA_FLAGS when its backend starts.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < len(cpus):
+        os.sched_setaffinity(0, cpus[:threads])
+    torch.set_num_threads(threads)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    if device == "cuda":
+        # JAX would otherwise take 75% of the GPU at start, leaving torch and the peak
+        # statistics nothing meaningful.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import sys
+
+    if "jax" in sys.modules and device == "cpu":
+        # Keep CPU cases off a GPU JAX backend; the zygote imported jax without starting one.
+        sys.modules["jax"].config.update("jax_platforms", "cpu")

@@ -1,0 +1,502 @@
+"""The sweep: enumerate cases, run each isolated, append one row per case, resume, show progress.
+
+Call `sweep` from a process that has not computed with torch (the command line does this):
+it becomes the zygote that forks one child per case (see bench.isolation).
+
+Per problem (quantity, problem at a size, device, dtype), one child computes the float64
+reference once (cached as .npy under <results dir>/refs, keyed by a digest of the problem's
+weights and data) and times one plain forward pass. Per case, one child runs the harness.
+After a strategy times out or runs out of memory at one size, its larger sizes on the same
+ladder (quantity, family, NTK mode, strategy, device, dtype) are recorded as skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import strategies
+from strategies.problem import Problem
+from strategies.registry import FRAMEWORKS, Strategy, UnknownName, unknown
+
+from . import harness, store
+from .harness import Timing
+from .isolation import GB, Limits, run_isolated
+from .problems import FAMILIES, problems
+
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64")
+FAILED = ("timeout", "oom")  # statuses after which larger sizes are skipped
+
+
+class BadInput(ValueError):
+    """A request the suite cannot run; the message says what is allowed (one line)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    ladder: str
+    timeout_s: float
+    mem_cap_gb: float | None  # None: half of the machine's memory
+    timing: Timing
+    dtype: str = "float32"
+    about: str = ""
+
+
+PROFILES = {p.name: p for p in [
+    Profile("quick", "quick", 30, 4, Timing(max_run_time=0.25, min_run_time=0.01),
+            about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
+    Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
+            about="the seeds' own sizes and beyond, careful timing"),
+    Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
+            about="tiny problems, a smoke test of the whole pipeline in seconds"),
+]}
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+# ------------------------------------------------------------------------------ cases
+@dataclass(frozen=True)
+class Case:
+    quantity: str
+    problem: Problem
+    strategy: Strategy
+    device: str
+    dtype: str
+
+    @property
+    def case_id(self) -> str:
+        return store.case_id(self.quantity, self.problem.id, self.strategy.name, self.device,
+                             self.dtype)
+
+    @property
+    def ladder(self) -> tuple:
+        """Cases that differ only in size: a timeout at one size predicts the larger ones."""
+        p = self.problem
+        return (self.quantity, p.family, p.mode, self.strategy.name, self.device, self.dtype)
+
+
+def _names(values) -> list[str]:
+    """Repeated options and comma-separated lists alike."""
+    out = []
+    for v in values or ():
+        out.extend(x.strip() for x in str(v).split(",") if x.strip())
+    return out
+
+
+def cuda_available() -> bool:
+    # NVML answers without initialising CUDA in this process; children forked from a
+    # process with CUDA initialised cannot use it.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise unknown("device", device, DEVICES)
+    if device == "cuda" and not cuda_available():
+        raise BadInput("device 'cuda' is not available here (torch.cuda.is_available() is "
+                       "False); allowed: cpu")
+
+
+def _size_matches(p: Problem, size: str) -> bool:
+    return size == p.size or size == str(p.size_param)
+
+
+def select_cases(profile: Profile | str = "quick", quantities=None, strategy_names=None,
+                 families=None, sizes=None, frameworks=None, device: str = "cpu",
+                 dtype: str | None = None) -> list[Case]:
+    """The cases of a profile, narrowed by the filters (names, or comma-separated lists).
+
+    Raises UnknownName (with close matches) or BadInput for anything that selects nothing.
+    """
+    if isinstance(profile, str):
+        if profile not in PROFILES:
+            raise unknown("profile", profile, PROFILES)
+        profile = PROFILES[profile]
+    dtype = dtype or profile.dtype
+    if dtype not in DTYPES:
+        raise unknown("dtype", dtype, DTYPES)
+    check_device(device)
+    quantities = _names(quantities)
+    for q in quantities:
+        strategies.quantity(q)
+    names = _names(strategy_names)
+    for n in names:
+        strategies.strategies(name=n)
+    fws = _names(frameworks)
+    for f in fws:
+        if f not in FRAMEWORKS:
+            raise unknown("framework", f, FRAMEWORKS)
+    fams = _names(families)
+    for f in fams:
+        if f not in FAMILIES:
+            raise unknown("problem family", f, FAMILIES)
+    sizes = _names(sizes)
+
+    family_order = {name: i for i, name in enumerate(FAMILIES)}
+    probs = [p for p in problems(ladder=profile.ladder)
+             if (not quantities or p.quantity in quantities) and (not fams or p.family in fams)]
+    if not probs:
+        having = sorted({p.family for q in (quantities or [None])
+                         for p in problems(q, profile.ladder)})
+        raise BadInput(f"no {profile.ladder}-ladder problem of family {','.join(fams)} has "
+                       f"quantity {','.join(quantities)}; families that do: {', '.join(having)}")
+    for s in sizes:
+        if not any(_size_matches(p, s) for p in probs):
+            allowed = [str(x) for x in sorted({p.size_param for p in probs})] + \
+                sorted({p.size for p in probs})
+            raise unknown(f"size on the {profile.ladder} ladder for these problems", s, allowed)
+    if sizes:
+        probs = [p for p in probs if any(_size_matches(p, s) for s in sizes)]
+    quantity_order = {q: i for i, q in enumerate(strategies.QUANTITIES)}
+    probs.sort(key=lambda p: (quantity_order[p.quantity], family_order[p.family], p.mode or "",
+                              p.size_param))
+    cases = []
+    for p in probs:
+        for s in strategies.strategies(quantity=p.quantity):
+            if (not names or s.name in names) and (not fws or s.framework in fws):
+                cases.append(Case(p.quantity, p, s, device, dtype))
+    if not cases:
+        raise BadInput("no registered strategy matches: quantity "
+                       f"{','.join(quantities) or 'any'}, strategy {','.join(names) or 'any'}, "
+                       f"framework {','.join(fws) or 'any'}; see `python -m bench list`")
+    return cases
+
+
+# ------------------------------------------------------------------------------ environment
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root,
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{sha}+dirty" if sha and dirty else sha
+
+
+def _cpu_name() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cpus)"
+
+
+def _gpu_name() -> str:
+    # The driver's files, not torch.cuda: the zygote must not initialise CUDA.
+    names = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        for line in info.read_text().splitlines():
+            if line.startswith("Model:"):
+                names.append(line.split(":", 1)[1].strip())
+    return ", ".join(names)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(threads: int) -> dict:
+    import torch
+
+    return {"torch_version": torch.__version__, "jax_version": _version("jax"),
+            "numpy_version": np.__version__, "python_version": platform.python_version(),
+            "cpu": _cpu_name(), "gpu": _gpu_name(), "threads": threads,
+            "commit": _git_commit(), "hostname": socket.gethostname()}
+
+
+def prepare_zygote() -> None:
+    """Import everything a case needs once, here, so children start warm; compute nothing."""
+    import torch._dynamo  # noqa: F401  (torch.func's first call imports it: ~1 s per child)
+    import torch.func  # noqa: F401
+    import torch.utils.benchmark  # noqa: F401
+
+    try:
+        import jax  # noqa: F401
+        import jax.numpy  # noqa: F401
+        from jax._src import xla_bridge
+    except ImportError:
+        return
+    if getattr(xla_bridge, "_backends", None):
+        import warnings
+
+        warnings.warn("a JAX backend was started before forking cases; JAX is not fork-safe "
+                      "after that, so JAX cases may hang (is there JAX work at import time?)",
+                      stacklevel=2)
+
+
+# ------------------------------------------------------------------------------ references
+def problem_digest(problem: Problem) -> str:
+    """Changes whenever the weights, data or definition of the problem change."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((problem.quantity, problem.family, problem.size, problem.mode, problem.seed,
+                   sorted(problem.flags), problem.spec.in_shape, problem.spec.out_dim)).encode())
+    for layer in problem.spec.layers:
+        h.update(repr((layer.kind, sorted(layer.options.items()))).encode())
+        for group in (layer.params, layer.buffers):
+            for k in sorted(group):
+                a = np.ascontiguousarray(group[k])
+                h.update(f"{k}{a.shape}{a.dtype}".encode())
+                h.update(a.tobytes())
+    for k in sorted(problem.data):
+        a = np.ascontiguousarray(problem.data[k])
+        h.update(f"{k}{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def reference_path(refs_dir: Path, problem: Problem) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_.=," else "_" for c in problem.id)
+    return refs_dir / f"{problem.quantity}-{safe}-{problem_digest(problem)}.npy"
+
+
+def save_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ProblemInfo:
+    ref_path: Path
+    forward_s: float | None = None
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------ progress
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt_time(s) -> str:
+    if s is None:
+        return ""
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+class Progress:
+    """A tqdm bar with the current case and an ETA on a terminal; one line per case otherwise
+    (CI logs), each with count/total, elapsed time and ETA."""
+
+    def __init__(self, total: int, stream=None, tty: bool | None = None):
+        self.total, self.count, self.start = total, 0, time.monotonic()
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.bar = None
+        if self.tty and total:
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0  # no monitor thread in the process that forks
+            self.bar = tqdm(total=total, file=self.stream, unit="case", dynamic_ncols=True,
+                            smoothing=0.05, mininterval=0.25)
+
+    def begin(self, case: Case) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{case.quantity}/{case.problem.id}/{case.strategy.name}",
+                                     refresh=True)
+
+    def end(self, case: Case, row: dict) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.count * (self.total - self.count)
+        detail = _fmt_time(row.get("median_s")) if row["status"] in ("ok", "disagrees") else \
+            (row.get("message") or "")[:100]
+        print(f"[{self.count}/{self.total} {_clock(elapsed)} eta {_clock(eta)}] {case.quantity} "
+              f"{case.problem.id} {case.strategy.name}: {row['status']} {detail}".rstrip(),
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------ the sweep
+@dataclass
+class Summary:
+    run_id: str
+    results: Path
+    log: Path
+    statuses: Counter = field(default_factory=Counter)
+    already_done: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
+        done = f" ({self.already_done} already done, skipped by --resume)" if self.already_done \
+            else ""
+        head = "interrupted after" if self.interrupted else "ran"
+        return (f"{head} {sum(self.statuses.values())} cases in {self.elapsed_s:.0f} s{done}: "
+                f"{counts or 'nothing to do'}\nresults: {self.results}\nchild output: {self.log}")
+
+
+def _row_base(case: Case, env: dict, run_id: str) -> dict:
+    p, s = case.problem, case.strategy
+    return {"run_id": run_id, "case_id": case.case_id, "quantity": case.quantity,
+            "problem": p.id, "family": p.family, "size": p.size, "mode": p.mode,
+            "scale": p.size_param, "sizes": dict(p.sizes), "params": p.spec.param_count,
+            "strategy": s.name, "framework": s.framework, "exact": s.exact,
+            "device": case.device, "dtype": case.dtype, **env}
+
+
+def _failed_from_rows(rows) -> dict:
+    failed = {}
+    for r in rows:
+        if r.get("status") in FAILED:
+            key = (r["quantity"], r["family"], r["mode"], r["strategy"], r["device"], r["dtype"])
+            if key not in failed or r["scale"] < failed[key][0]:
+                failed[key] = (r["scale"], r["size"], r["status"])
+    return failed
+
+
+def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | str = "quick",
+          timeout_s: float | None = None, mem_cap_gb: float | None = None,
+          threads: int | None = None, resume: bool = False, progress: Progress | None = None,
+          quiet: bool = False) -> Summary:
+    """Run `cases`, appending one row per case to `results`; returns counts by status."""
+    profile = PROFILES[profile] if isinstance(profile, str) else profile
+    results = Path(results)
+    threads = threads or default_threads()
+    cap = mem_cap_gb if mem_cap_gb is not None else profile.mem_cap_gb
+    if cap is None:
+        cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB / 2
+    limits = Limits(timeout_s=timeout_s or profile.timeout_s, mem_cap_bytes=int(cap * GB))
+    prepare_zygote()
+
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+    refs_dir = results.parent / "refs"
+    log = results.parent / "logs" / f"{run_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = environment(threads)
+    summary = Summary(run_id, results, log)
+
+    existing = store.read_rows(results) if resume else []
+    done = {r["case_id"] for r in existing}
+    failed = _failed_from_rows(existing)
+    todo = [c for c in cases if c.case_id not in done]
+    summary.already_done = len(cases) - len(todo)
+    progress = progress or Progress(len(todo), tty=False if quiet else None)
+    infos: dict[tuple, ProblemInfo] = {}
+    start = time.monotonic()
+
+    def note(text: str) -> None:
+        with open(log, "a") as fh:
+            fh.write(f"== {text}\n")
+
+    def problem_info(case: Case) -> ProblemInfo:
+        key = (case.problem.quantity, case.problem.id, case.device, case.dtype)
+        if key in infos:
+            return infos[key]
+        p = case.problem
+        info = ProblemInfo(reference_path(refs_dir, p))
+
+        def child(send):
+            harness.pin_threads(threads, case.device)
+            if not info.ref_path.exists():
+                save_atomic(info.ref_path, strategies.reference(p))
+            send({"reference": "ok"})
+            return {"forward_s": harness.forward_time(p, case.device, case.dtype, threads,
+                                                      profile.timing)}
+
+        note(f"reference and forward pass: {p.quantity} {p.id} {case.device} {case.dtype}")
+        out = run_isolated(child, limits, log)
+        if out.status == "done":
+            info.forward_s = out.result["forward_s"]
+        if not info.ref_path.exists():
+            info.error = f"reference failed: {out.status}: {out.message}"
+        infos[key] = info
+        return info
+
+    def run_one(case: Case, row: dict) -> None:
+        reason = case.strategy.not_applicable(case.problem)
+        if reason:
+            row.update(status="not_applicable", message=reason)
+            return
+        if case.ladder in failed and case.problem.size_param > failed[case.ladder][0]:
+            scale, size, status = failed[case.ladder]
+            row.update(status="skipped", message=f"not attempted: {status} at the smaller size "
+                                                  f"{size}")
+            return
+        info = problem_info(case)
+        row.update(forward_s=info.forward_s, tolerance=strategies.tolerance(case.dtype))
+        if info.error:
+            row.update(status="error", message=info.error)
+            return
+
+        def child(send):
+            harness.pin_threads(threads, case.device)
+            ref = np.load(info.ref_path)
+            out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
+                                   threads, profile.timing, send)
+            if case.device == "cuda":
+                import torch
+
+                out["gpu"] = torch.cuda.get_device_name()
+            return out
+
+        note(case.case_id)
+        out = run_isolated(child, limits, log)
+        if out.status == "done":
+            row.update(out.result)
+            return
+        row.update(out.partial)
+        phase = " while timing" if "first_call_s" in out.partial else ""
+        row.update(status=out.status, message=out.message + phase)
+        if out.status in FAILED:
+            failed.setdefault(case.ladder, (case.problem.size_param, case.problem.size,
+                                            out.status))
+
+    try:
+        for case in todo:
+            progress.begin(case)
+            row = _row_base(case, env, run_id)
+            run_one(case, row)
+            row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            store.append(results, row)
+            summary.statuses[row["status"]] += 1
+            progress.end(case, row)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        progress.close()
+        summary.elapsed_s = time.monotonic() - start
+    return summary

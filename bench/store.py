@@ -1,0 +1,116 @@
+"""The results store: JSON Lines, one object per case, appended atomically, loaded into pandas.
+
+A row is written with a single `os.write` of one whole line to a file opened with O_APPEND,
+then fsync'ed, so a `kill -9` at any moment leaves either the whole row or none of it. Should a
+line ever be torn anyway (a full disk), `load` skips it and the next `append` starts on a new
+line, so the rows after it stay readable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+DEFAULT_PATH = Path("results") / "results.jsonl"
+
+STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "not_applicable", "skipped")
+
+# The columns every row has, in this order (reports and asv rely on the names).
+CASE_COLUMNS = ("run_id", "case_id", "quantity", "problem", "family", "size", "mode", "scale",
+                "sizes", "params", "strategy", "framework", "exact", "device", "dtype")
+MEASURE_COLUMNS = ("status", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
+                   "peak_mem_bytes", "max_error", "tolerance", "message")
+ENV_COLUMNS = ("torch_version", "jax_version", "numpy_version", "python_version", "cpu", "gpu",
+               "threads", "commit", "timestamp", "hostname")
+COLUMNS = CASE_COLUMNS + MEASURE_COLUMNS + ENV_COLUMNS
+
+
+def case_id(quantity: str, problem_id: str, strategy: str, device: str, dtype: str) -> str:
+    """A case's identity: what `--resume` compares."""
+    return "|".join((quantity, problem_id, strategy, device, dtype))
+
+
+def _clean(value):
+    # NaN has no JSON spelling: it becomes null. An infinite error (a NaN in a result) stays
+    # Infinity, which Python's json reads back.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def encode(row: dict) -> bytes:
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown result columns {sorted(unknown)}; known: {', '.join(COLUMNS)}")
+    if row.get("status") not in STATUSES:
+        raise ValueError(f"status {row.get('status')!r} is not one of {', '.join(STATUSES)}")
+    full = {c: _clean(row.get(c)) for c in COLUMNS}
+    return (json.dumps(full, separators=(",", ":")) + "\n").encode()
+
+
+def append(path, row: dict) -> None:
+    """Append one row atomically: one write of one line with O_APPEND, then fsync."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = encode(row)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a torn line before us: start a fresh one
+        written = os.write(fd, line)
+        if written != len(line):  # a full disk; the torn line is skipped by load
+            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_rows(path) -> list[dict]:
+    """Every complete, parseable row in file order; torn or corrupt lines are skipped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    rows, bad = [], 0
+    # The last piece is b"" after a final newline, or a torn line without one.
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        if i == len(lines) - 1:
+            bad += 1  # no newline: the write that made it never finished
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            bad += 1
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} torn or corrupt line(s)", stacklevel=2)
+    return rows
+
+
+def load(path=DEFAULT_PATH, latest: bool = True) -> pd.DataFrame:
+    """The results as a DataFrame with the columns of `COLUMNS`.
+
+    A sweep that runs again without --resume appends new rows for the same cases; with
+    `latest` (the default) only the last row of each case_id is kept, `latest=False` keeps
+    the whole history.
+    """
+    rows = read_rows(path)
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    if latest and len(df):
+        df = df.drop_duplicates("case_id", keep="last").reset_index(drop=True)
+    return df
+
+
+def done_case_ids(path) -> set[str]:
+    return {r["case_id"] for r in read_rows(path) if "case_id" in r}
