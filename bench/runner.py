@@ -93,6 +93,8 @@ class Case:
 
 def _names(values) -> list[str]:
     """Repeated options and comma-separated lists alike."""
+    if isinstance(values, str):
+        values = [values]
     out = []
     for v in values or ():
         out.extend(x.strip() for x in str(v).split(",") if x.strip())
@@ -490,7 +492,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             progress.begin(case)
             row = _row_base(case, env, run_id)
             run_one(case, row)
-            row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             store.append(results, row)
             summary.statuses[row["status"]] += 1
             progress.end(case, row)

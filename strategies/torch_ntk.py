@@ -93,3 +93,24 @@ def _ntk_vps(problem, device, dtype):
 
     pairs = vmap(vmap(pair, in_dims=(None, 0)), in_dims=(0, None))
     return lambda: pairs(v.data["X1"], v.data["X2"])
+
+
+@register("ntk", "torch.ntk_vps_batched")
+def _ntk_vps_batched(problem, device, dtype):
+    """NTK-vector products with X2 as one batch: vmap over x1 and unit cotangents of vjp at x1,
+    then one jvp over all of X2. Cost: B1*m vjps and B1*m batched jvps; no Jacobian."""
+    v = torch_view(problem, device, dtype)
+    one, mode = _one(v), problem.mode
+
+    def row(x1):
+        out, pullback = vjp(lambda p: one(p, x1), v.params)
+
+        def column(e):  # (B2, m): entry [j, b] is (J(x1) J(x2_j)^T)[a, b] for e = e_a
+            return jvp(lambda p: v.fp(p, v.data["X2"]), (v.params,), pullback(e))[1]
+        block = vmap(column)(_eye(out.numel(), out))  # (m, B2, m), indexed [a, j, b]
+        if mode == "full":
+            return block.permute(1, 0, 2)
+        diag = torch.diagonal(block, dim1=0, dim2=2)  # (B2, m)
+        return diag if mode == "diagonal" else diag.sum(-1)
+
+    return lambda: vmap(row)(v.data["X1"])

@@ -1,0 +1,320 @@
+"""Structured-derivative empirical NTK for PyTorch (Novak et al. 2022, "Fast finite width NTK";
+neural-tangents' STRUCTURED_DERIVATIVES), without per-sample Jacobians of the whole network.
+
+One forward pass records the input `a` of every parameterised layer; one backward pass,
+vmapped over the m unit cotangents at the network output, gives every such layer's output
+cotangents `g` (zero "probes" added to the layer outputs collect them all at once). Each
+layer's NTK term then comes from its own rule:
+
+- nn.Linear and nn.Conv2d (groups 1) share one rule over patches P (B, T, K) and cotangents
+  G (m, B, T, C), T positions (1 for a dense layer on (B, K) inputs, H_out*W_out for a conv):
+      K_l[i, j, o, o'] = sum_{t,s} (P1[i,t] . P2[j,s] + 1{bias}) * (G1[o,i,t] . G2[o',j,s])
+  It is computed one of two ways, chosen per layer by the flop estimate in `_gram_is_cheaper`:
+  "gram" forms (P1 P2^T + 1) and (G1 G2^T) and multiplies them, O(B1 B2 T^2 (K + m_e C));
+  "grads" forms the layer's per-sample weight gradients G[o,i]^T P[i] (BackPACK's BatchGrad,
+  B m C K numbers, small for conv weights) and contracts them, O(B m T C K + B1 B2 m_e C K);
+  m_e is m*m for mode full and m for trace and diagonal. Dense layers take "gram" (T = 1),
+  convolutions over large images take "grads".
+- Eval-mode batch norm (any _BatchNorm with running statistics): per-sample gradients
+  gamma: sum over positions of g * x_hat, beta: sum of g; then contracted.
+- Parameter-free layers (activations, pooling, flatten) need no rule: autograd passes the
+  cotangents through them.
+- Any other module with parameters falls back to per-sample Jacobians of exactly its own
+  parameters, by vjp of that layer alone (vmapped over samples and outputs, or an autograd
+  loop when the layer cannot be vmapped). A model that is not a Sequential, or that uses one
+  parameter in two places, falls back as a whole. Fallbacks are reported: `ntk_structured`
+  appends "fallback: ..." lines to its `notes` list and warns with StructuredFallback; the
+  registered strategy's prepared callable carries the same lines as `.notes`.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vjp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .quantities import NTK_MODES, contract_ntk
+from .registry import register
+from .torch_model import torch_view
+
+
+class StructuredFallback(UserWarning):
+    """Some parameters had no structured rule and were handled by per-sample Jacobians."""
+
+
+# ------------------------------------------------------------------------------ the plan
+def _flatten(module: nn.Module) -> list[nn.Module]:
+    # Only plain nn.Sequential is unrolled: a subclass may override forward.
+    if type(module) is nn.Sequential:
+        return [leaf for child in module for leaf in _flatten(child)]
+    return [module]
+
+
+def _own(module: nn.Module, names: set[str]) -> bool:
+    """The module's parameters are exactly its own direct `weight` (and maybe `bias`), and its
+    forward is the library's: only then do the layer rules know how they enter."""
+    direct = {n for n, _ in module.named_parameters(recurse=False)}
+    nested = len(list(module.parameters())) != len(direct)
+    return "weight" in direct and direct <= names and not nested
+
+
+def _rule(module: nn.Module) -> str | None:
+    """The structured rule for a parameterised module, or None (fallback)."""
+    if nn.utils.parametrize.is_parametrized(module):
+        return None  # the gradient would be w.r.t. the computed weight, not the parameters
+    if type(module).forward is nn.Linear.forward and isinstance(module, nn.Linear):
+        return "patches" if _own(module, {"weight", "bias"}) else None
+    if type(module).forward is nn.Conv2d.forward and isinstance(module, nn.Conv2d):
+        return "patches" if module.groups == 1 and _own(module, {"weight", "bias"}) else None
+    if isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward:
+        if module.training or module.running_mean is None:
+            raise ValueError(f"{type(module).__name__} uses batch statistics (training mode or "
+                             "no running stats): samples interact and the per-sample NTK is "
+                             "not defined; call model.eval()")
+        return "batchnorm" if _own(module, {"weight", "bias"}) else None
+    return None
+
+
+def _plan(model: nn.Module):
+    """(layers, [(index, rule)] for parameterised layers, notes). A rule None is a fallback."""
+    layers = _flatten(model)
+    if len(layers) == 1 and type(model) is not nn.Sequential:
+        children = list(model.children())
+        owns = {id(p) for p in model.parameters(recurse=False)}
+        if len(children) == 1 and type(children[0]) is nn.Sequential and not owns:
+            layers = _flatten(children[0])  # a wrapper; `_check_wrapper` confirms at run time
+    seen: dict[int, int] = {}
+    for idx, layer in enumerate(layers):
+        for p in layer.parameters():
+            if seen.setdefault(id(p), idx) != idx:
+                note = (f"fallback: a parameter is used by layers {seen[id(p)]} and {idx}; "
+                        "per-sample Jacobians of the whole model")
+                return [model], [(0, None)], [note]
+    entries, notes = [], []
+    for idx, layer in enumerate(layers):
+        if next(layer.parameters(), None) is None:
+            continue
+        rule = _rule(layer)
+        entries.append((idx, rule))
+        if rule is None:
+            count = sum(p.numel() for p in layer.parameters())
+            what = "the model is not an nn.Sequential" if layers == [model] else \
+                f"layer {idx} ({type(layer).__name__}) has no structured rule"
+            notes.append(f"fallback: {what}; per-sample Jacobians of its {count} parameters")
+    return layers, entries, notes
+
+
+def structured_notes(model: nn.Module) -> list[str]:
+    """The fallback lines `ntk_structured` would report for `model`, without running it."""
+    return _plan(model)[2]
+
+
+# ------------------------------------------------------------------------------ passes
+def _activations(layers, probed: list[int], x: torch.Tensor):
+    """Inputs of the probed layers (B, ...) and their output cotangents (m, B, ...), one per
+    network output: one forward, one backward vmapped over the m unit cotangents."""
+    shapes, h = {}, x[:1]
+    for idx, layer in enumerate(layers):  # a one-sample pass, only for the probe shapes
+        h = layer(h)
+        if idx in probed:
+            shapes[idx] = h.shape[1:]
+    probes = [x.new_zeros(x.shape[0], *shapes[idx]) for idx in probed]
+    where = {idx: k for k, idx in enumerate(probed)}
+
+    def forward(*zs):
+        h, inputs = x, []
+        for idx, layer in enumerate(layers):
+            if idx in where:
+                inputs.append(h)
+                h = layer(h) + zs[where[idx]]
+            else:
+                h = layer(h)
+        return h.reshape(h.shape[0], -1), inputs
+
+    y, pullback, inputs = vjp(forward, *probes, has_aux=True)
+    m = y.shape[1]
+    units = torch.eye(m, dtype=y.dtype, device=y.device)[:, None, :].expand(m, *y.shape)
+    return inputs, list(vmap(pullback)(units))
+
+
+def _patches(layer: nn.Module, a: torch.Tensor, g: torch.Tensor):
+    """P (B, T, K) and G (m, B, T, C) of a Linear or Conv2d layer."""
+    if isinstance(layer, nn.Linear):
+        return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(*g.shape[:2], -1, g.shape[-1])
+    pad = layer._reversed_padding_repeated_twice  # what nn.Conv2d itself pads with
+    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    P = F.unfold(F.pad(a, pad, mode=mode), layer.kernel_size, dilation=layer.dilation,
+                 stride=layer.stride)
+    return P.transpose(1, 2), g.flatten(3).transpose(2, 3)
+
+
+def _m_eff(m: int, mode: str) -> int:
+    return m * m if mode == "full" else m
+
+
+def _gram_is_cheaper(B1, B2, T, K, C, m, mode) -> bool:
+    """Flop estimates of the two routes for one patches layer (see the module docstring)."""
+    me = _m_eff(m, mode)
+    gram = B1 * B2 * T * T * (K + me * C + me)
+    grads = (B1 + B2) * m * T * C * K + B1 * B2 * me * (C * K + C)
+    return gram <= grads
+
+
+_GRAM = {"full": ("aitc,bjsc->ijabts", "ijts,ijabts->ijab"),
+         "trace": ("aitc,ajsc->ijts", "ijts,ijts->ij"),
+         "diagonal": ("aitc,ajsc->ijats", "ijts,ijats->ija")}
+
+
+def _gram_term(P1, G1, P2, G2, bias: bool, mode: str) -> torch.Tensor:
+    if P1.shape[1] == 1 and P2.shape[1] == 1:  # dense layer: plain matrix products
+        A = P1[:, 0] @ P2[:, 0].T + float(bias)  # (B1, B2)
+        g1, g2 = G1[:, :, 0], G2[:, :, 0]  # (m, B, C)
+        m, (b1, b2) = g1.shape[0], A.shape
+        if mode == "full":
+            GG = (g1.transpose(0, 1).reshape(b1 * m, -1) @ g2.transpose(0, 1).reshape(b2 * m, -1).T)
+            return A[:, :, None, None] * GG.reshape(b1, m, b2, m).transpose(1, 2)
+        if mode == "trace":
+            return A * (g1.transpose(0, 1).reshape(b1, -1) @ g2.transpose(0, 1).reshape(b2, -1).T)
+        return A[:, :, None] * torch.bmm(g1, g2.transpose(1, 2)).permute(1, 2, 0)
+    A = torch.einsum("itk,jsk->ijts", P1, P2) + float(bias)
+    first, second = _GRAM[mode]
+    return torch.einsum(second, A, torch.einsum(first, G1, G2))
+
+
+def _patch_grads(P, G, bias: bool) -> torch.Tensor:
+    """Per-sample gradients (B, m, C*K [+ C]) of a patches layer: G[o,i]^T P[i]."""
+    W = torch.einsum("aitc,itk->iack", G, P).flatten(2)
+    return torch.cat([W, G.sum(2).transpose(0, 1)], dim=2) if bias else W
+
+
+def _bn_grads(layer: _BatchNorm, a, G) -> torch.Tensor:
+    """Per-sample gradients (B, m, 2C) of eval-mode batch norm's affine parameters."""
+    view = (1, -1) + (1,) * (a.dim() - 2)
+    x_hat = (a - layer.running_mean.reshape(view)) * torch.rsqrt(
+        layer.running_var.reshape(view) + layer.eps)
+    parts = []
+    for name, grad in (("weight", lambda: G * x_hat), ("bias", lambda: G)):
+        if getattr(layer, name, None) is not None:
+            parts.append(grad().flatten(3).sum(3).transpose(0, 1))  # (B, m, C)
+    return torch.cat(parts, dim=2)
+
+
+def _layer_jacobian(layer: nn.Module, a, G) -> torch.Tensor:
+    """Fallback: per-sample Jacobians (B, m, P_l) of one layer's own parameters, by vjp of the
+    layer alone at each sample's input with that sample's m output cotangents."""
+    params = dict(layer.named_parameters())
+
+    def one(x, g):  # x: one sample's input; g: (m, *out)
+        _, pullback = vjp(lambda p: functional_call(layer, p, (x[None],)), params)
+        grads = vmap(pullback)(g[:, None])[0]
+        return torch.cat([t.flatten(1) for t in grads.values()], dim=1)
+
+    try:
+        return vmap(one, in_dims=(0, 1))(a, G)
+    except Exception:  # a layer torch.func cannot vmap: the same vjps one at a time
+        leaves = [p.detach().requires_grad_(True) for p in params.values()]
+        rows = []
+        with torch.enable_grad():
+            for i in range(a.shape[0]):
+                out = functional_call(layer, dict(zip(params, leaves)), (a[i:i + 1],))
+                rows.append(torch.stack([torch.cat([t.flatten() for t in torch.autograd.grad(
+                    out, leaves, g[None], retain_graph=True)]) for g in G[:, i]]))
+        return torch.stack(rows)
+
+
+def _check_wrapper(model, layers, x):
+    if type(model) is nn.Sequential or layers == [model]:
+        return
+    h = x
+    for layer in layers:
+        h = layer(h)
+    if not torch.equal(model(x), h):
+        raise _NotAWrapper
+
+
+class _NotAWrapper(Exception):
+    pass
+
+
+def _zeros(x1, x2, m: int, mode: str) -> torch.Tensor:
+    B1, B2 = x1.shape[0], x2.shape[0]
+    return x1.new_zeros({"full": (B1, B2, m, m), "trace": (B1, B2), "diagonal": (B1, B2, m)}[mode])
+
+
+# ------------------------------------------------------------------------------ the NTK
+def ntk_structured(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: str = "full",
+                   notes: list | None = None) -> torch.Tensor:
+    """Empirical NTK J(x1) J(x2)^T over all parameters of `model` by structured derivatives.
+
+    `model` is an nn.Sequential (nested Sequentials are unrolled) of Linear, Conv2d, eval-mode
+    batch norm and parameter-free layers, or a module whose only child is such a Sequential
+    and whose forward just calls it; samples must not interact (eval mode). Its outputs are
+    flattened per sample to m values. mode "full" -> (B1, B2, m, m), "trace" -> (B1, B2),
+    "diagonal" -> (B1, B2, m). Parameters without a structured rule use per-sample Jacobians
+    of exactly those parameters; each such fallback appends a "fallback: ..." line to `notes`
+    (when given) and warns with StructuredFallback. requires_grad of the parameters is ignored.
+    """
+    if mode not in NTK_MODES:
+        raise ValueError(f"unknown NTK mode {mode!r}; known: {', '.join(NTK_MODES)}")
+    layers, entries, plan_notes = _plan(model)
+    with torch.no_grad():  # torch.func still differentiates; this only stops graph recording
+        try:
+            _check_wrapper(model, layers, x1[:1])
+        except _NotAWrapper:
+            layers, entries = [model], [(0, None)]
+            plan_notes = [f"fallback: {type(model).__name__}.forward is not its Sequential; "
+                          "per-sample Jacobians of the whole model"]
+        if plan_notes:
+            if notes is not None:
+                notes.extend(plan_notes)
+            warnings.warn("; ".join(plan_notes), StructuredFallback, stacklevel=2)
+        return _ntk(layers, entries, x1, x2, mode)
+
+
+def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
+    if not entries:  # no parameters: the NTK is zero
+        h = x1[:1]
+        for layer in layers:
+            h = layer(h)
+        return _zeros(x1, x2, h[0].numel(), mode)
+    probed = [idx for idx, _ in entries]
+    a1, g1 = _activations(layers, probed, x1)
+    a2, g2 = (a1, g1) if x2 is x1 else _activations(layers, probed, x2)
+    m, B1, B2 = g1[0].shape[0], x1.shape[0], x2.shape[0]
+    out = _zeros(x1, x2, m, mode)
+    for k, (idx, rule) in enumerate(entries):
+        layer = layers[idx]
+        if rule == "patches":
+            bias = layer.bias is not None
+            P1, G1 = _patches(layer, a1[k], g1[k])
+            P2, G2 = _patches(layer, a2[k], g2[k])
+            T, K, C = P1.shape[1], P1.shape[2], G1.shape[3]
+            if _gram_is_cheaper(B1, B2, T, K, C, m, mode):
+                out += _gram_term(P1, G1, P2, G2, bias, mode)
+            else:
+                out += contract_ntk(_patch_grads(P1, G1, bias), _patch_grads(P2, G2, bias), mode)
+        elif rule == "batchnorm":
+            out += contract_ntk(_bn_grads(layer, a1[k], g1[k]), _bn_grads(layer, a2[k], g2[k]),
+                                mode)
+        else:
+            j1 = _layer_jacobian(layer, a1[k], g1[k])
+            j2 = j1 if x2 is x1 else _layer_jacobian(layer, a2[k], g2[k])
+            out += contract_ntk(j1, j2, mode)
+    return out
+
+
+@register("ntk", "torch.structured")
+def _ntk_structured(problem, device, dtype):
+    """Structured derivatives: per layer, (a1 a2^T + 1) * (g1 g2^T) from layer inputs and output
+    cotangents (conv: patches, or small per-sample weight gradients). Cost: one forward, m
+    backward passes, O(B1 B2 m^2 width) per dense layer; never a per-sample Jacobian."""
+    v = torch_view(problem, device, dtype)
+    notes = structured_notes(v.model)
+
+    def run():  # a fallback also warns, which the harness records in the row's message
+        return ntk_structured(v.model, v.data["X1"], v.data["X2"], problem.mode)
+    run.notes = notes
+    return run

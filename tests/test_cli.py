@@ -1,0 +1,185 @@
+"""The command line end to end: failures become rows, kill -9 then --resume, bad input.
+
+Sweeps run in a subprocess: the runner forks one child per case, which is only safe from a
+process that has not computed with torch (see bench.isolation), and the failing strategies of
+planted_strategies.py must stay out of this process's registry.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import store
+from bench.cli import main
+from bench.runner import select_cases
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _command(args, planted=True):
+    code = ("import sys; " + ("import planted_strategies; " if planted else "")
+            + "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    return [sys.executable, "-c", code, *map(str, args)], env
+
+
+def jacbench(*args, planted=True, timeout=180):
+    cmd, env = _command(args, planted)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _by_case(rows):
+    return {(r["strategy"], r["size"]): r for r in rows}
+
+
+def test_failing_strategies_become_rows_and_the_sweep_goes_on(tmp_path):
+    results = tmp_path / "results.jsonl"
+    names = ["torch.planted_raises", "torch.planted_hangs", "torch.planted_hog",
+             "torch.planted_crash", "torch.planted_wrong", "torch.planted_approx",
+             "torch.planted_nan_approx", "torch.planted_slow_later", "torch.planted_right"]
+    run = jacbench("run", "--profile", "test", "--quantity", "jac_diag", "--problem",
+                   "seed002_netx", "--strategy", ",".join(names), "--timeout", "3",
+                   "--mem-cap", "0.2", "--results", results, "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    rows = store.read_rows(results)
+    small, large = "m=4,N=3", "m=7,N=5"  # the two sizes of the test ladder, scales 3 and 5
+    got = _by_case(rows)
+    assert len(rows) == len(got) == 2 * len(names)
+
+    def status(name, size):
+        return got[(name, size)]["status"], got[(name, size)]["message"]
+
+    assert status("torch.planted_raises", small) == \
+        ("error", "first call: ValueError: planted failure")
+    assert status("torch.planted_hangs", small)[0] == "timeout"
+    assert "3 s time limit" in status("torch.planted_hangs", small)[1]
+    assert status("torch.planted_hog", small)[0] == "oom"
+    assert "0.2 GB cap" in status("torch.planted_hog", small)[1]
+    assert status("torch.planted_crash", small) == ("error", "child process died of SIGSEGV")
+    # After a timeout or an OOM the larger size is not attempted; after an error it is.
+    for name, why in [("torch.planted_hangs", "timeout"), ("torch.planted_hog", "oom"),
+                      ("torch.planted_slow_later", "timeout")]:
+        assert status(name, large) == ("skipped", f"not attempted: {why} at the smaller size "
+                                                  f"{small}")
+    assert status("torch.planted_raises", large)[0] == "error"
+    # A timeout while timing keeps what the first call measured.
+    slow = got[("torch.planted_slow_later", small)]
+    assert slow["message"].endswith("while timing")
+    assert slow["first_call_s"] > 0 and slow["max_error"] == 0.0
+    for size in (small, large):
+        wrong = got[("torch.planted_wrong", size)]
+        assert wrong["status"] == "disagrees" and wrong["max_error"] > wrong["tolerance"]
+        approx = got[("torch.planted_approx", size)]
+        assert approx["status"] == "ok" and approx["max_error"] == wrong["max_error"]
+        assert got[("torch.planted_nan_approx", size)]["status"] == "disagrees"
+        right = got[("torch.planted_right", size)]
+        assert right["status"] == "ok" and right["max_error"] == 0.0
+        assert right["median_s"] > 0 and right["runs"] >= 1 and right["forward_s"] > 0
+        assert right["peak_mem_bytes"] >= 0 and right["first_call_s"] > 0
+    df = store.load(results)
+    assert list(df.columns) == list(store.COLUMNS)
+    assert set(df.status) <= set(store.STATUSES)
+
+
+def test_kill_9_mid_sweep_then_resume_loses_and_doubles_nothing(tmp_path):
+    results = tmp_path / "results.jsonl"
+    args = ["run", "--profile", "test", "--quantity", "jacobian", "--problem",
+            "seed004_linear_tanh", "--framework", "torch", "--results", results, "--quiet"]
+    real = [c.case_id for c in select_cases("test", "jacobian", None, "seed004_linear_tanh",
+                                            None, "torch")]
+    # The planted strategies of this module that finish: one slow to prepare, so the sweep
+    # lasts long enough to be killed in the middle.
+    planted = [c.replace("torch.jacrev|", "torch.planted_right|") for c in real
+               if "|torch.jacrev|" in c]
+    expected = set(real) | set(planted)
+    cmd, env = _command([*args, "--strategy", ",".join(
+        sorted({c.split("|")[2] for c in real} | {"torch.planted_right"}))])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= 4:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = results.read_bytes()
+    rows_before = store.read_rows(results)
+    assert 4 <= len(rows_before) < len(expected)
+    assert before.endswith(b"\n") and len(before.splitlines()) == len(rows_before)
+
+    run = jacbench(*args, "--resume", "--strategy",
+                   ",".join(sorted({c.split("|")[2] for c in expected})))
+    assert run.returncode == 0, run.stderr
+    assert f"{len(rows_before)} already done" in run.stdout
+    after = results.read_bytes()
+    assert after.startswith(before), "rows written before the kill are kept as they were"
+    ids = [json.loads(line)["case_id"] for line in after.splitlines()]
+    assert sorted(ids) == sorted(expected), "every case exactly once"
+    df = store.load(results)
+    assert len(df) == len(expected) and df.run_id.nunique() == 2
+    ok = df[df.status == "ok"]
+    assert len(ok) >= len(expected) - 2, df[df.status != "ok"][["case_id", "message"]]
+    for col in ("median_s", "first_call_s", "forward_s", "max_error", "runs", "threads"):
+        assert ok[col].notna().all(), col
+    for col in ("torch_version", "numpy_version", "python_version", "cpu", "hostname",
+                "timestamp"):
+        assert ok[col].astype(bool).all(), col
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["run", "--quantity", "jacobain"], "did you mean: jacobian"),
+    (["run", "--strategy", "torch.jacrevv"], "did you mean: torch.jacrev"),
+    (["run", "--problem", "seed00_mlp"], "did you mean: seed000_mlp"),
+    (["run", "--framework", "pytorch"], "did you mean: torch"),
+    (["run", "--quantity", "jacobian", "--size", "77"], "known: "),
+    (["run", "--quantity", "jacobian", "--problem", "seed000_mlp"], "families that do: "),
+    (["run", "--quantity", "hessian", "--strategy", "torch.jacrev"], "no registered strategy"),
+    (["run", "--device", "tpu"], "choose from 'cpu', 'cuda'"),
+    (["run", "--dtype", "float16"], "choose from 'float32', 'float64'"),
+    (["run", "--profile", "fast"], "choose from 'quick', 'full', 'test'"),
+    (["run", "--timeout", "0"], "must be positive"),
+    (["run", "--mem-cap", "lots"], "is not a number"),
+    (["frobnicate"], "choose from 'list', 'run', 'report'"),
+    ([], "required: {list,run,report}"),
+    (["report", "no/such/results.jsonl"], "does not exist"),
+    (["list", "--quantity", "hesian"], "did you mean: hessian"),
+])
+def test_bad_input_is_one_line_with_what_is_allowed_and_status_2(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err and err.startswith("jacbench"), err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_missing_cuda_is_bad_input(capsys):
+    assert main(["run", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == ("jacbench run: device 'cuda' is not available here "
+                                       "(torch.cuda.is_available() is False); allowed: cpu\n")
+
+
+def test_bad_input_from_a_real_process_has_no_traceback():
+    run = jacbench("run", "--quantity", "jacobain", planted=False)
+    assert run.returncode == 2
+    assert run.stderr.startswith("jacbench run: unknown quantity 'jacobain'")
+    assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_list_shows_quantities_strategies_and_problems(capsys):
+    assert main(["list", "--quantity", "jacobian", "--framework", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "Quantities:" in out and "Strategies" in out and "Problem families" in out
+    assert "torch.jacrev" in out and "jax." not in out
+    assert "seed004_linear_tanh" in out and "seed000_mlp" not in out
