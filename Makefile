@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# The quick CPU sweep, then the HTML report. Rows are appended to $(RESULTS) (the newest row of
+# a case wins); BENCH_ARGS adds run options, e.g. `make bench BENCH_ARGS=--resume`.
+RESULTS    ?= results/results.jsonl
+BENCH_ARGS ?=
 bench: $(STAMP)
-	@echo "make bench: the runner is not built yet (issue: harness, runner and command line)" >&2
-	@exit 1
+	$(PY) -m bench run --profile quick --device cpu --results $(RESULTS) $(BENCH_ARGS)
+	$(PY) -m bench report $(RESULTS) --out reports/out/index.html
 
 clean:
 	rm -rf $(VENV) .pytest_cache results reports/out

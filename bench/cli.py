@@ -68,7 +68,7 @@ def _parser() -> _Parser:
     run.add_argument("--resume", action="store_true", help="skip cases already in RESULTS")
     run.add_argument("--timeout", type=_positive(float), help="seconds per case")
     run.add_argument("--mem-cap", type=_positive(float), help="GB per case")
-    run.add_argument("--threads", type=_positive(int), help="CPU threads per case")
+    run.add_argument("--threads", type=_positive(int), help="CPU threads per case (default 1)")
     run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
     run.set_defaults(func=_cmd_run)
 
@@ -114,8 +114,14 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .runner import select_cases, sweep
+    import os
 
+    from .runner import BadInput, select_cases, sweep
+
+    cpus = len(os.sched_getaffinity(0))
+    if args.threads and args.threads > cpus:
+        raise BadInput(f"--threads {args.threads}: this process may use {cpus} CPU(s); "
+                       f"allowed: 1 to {cpus}")
     cases = select_cases(args.profile, args.quantity, args.strategy, args.problem, args.size,
                          args.framework, args.device, args.dtype)
     summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,

@@ -11,9 +11,12 @@ The child reports through a pipe: partial results while it works, then its final
 from __future__ import annotations
 
 import ctypes
+import faulthandler
+import gc
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -62,12 +65,19 @@ def _die_with_parent() -> None:
 
 def _child(fn, conn, log_path):
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent handles it and kills this child,
+    # which must not report the interrupt as the case's error.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_path:
         # Library chatter (XLA logs, vmap fallback notices) goes to the run's log, not the bar.
         fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        if faulthandler.is_enabled():  # its report of a crash belongs in the log too
+            faulthandler.enable(file=sys.stderr)
     try:
         result = fn(lambda partial: conn.send(("partial", partial)))
         conn.send(("done", result))
@@ -100,6 +110,9 @@ def run_isolated(fn: Callable[[Callable[[dict], None]], Any], limits: Limits = L
     `fn` may call `send(dict)` any number of times; the dicts are merged into
     `Outcome.partial`. Its return value (picklable) becomes `Outcome.result`.
     """
+    # Frozen objects are skipped by the collector: without this, the child's first collection
+    # walks (and so copies) every object the zygote imported, ~0.4 s per case.
+    gc.freeze()
     parent_conn, child_conn = _CTX.Pipe(duplex=False)
     base = rss_bytes(os.getpid())
     proc = _CTX.Process(target=_child, args=(fn, child_conn, log_path), daemon=True)

@@ -7,6 +7,7 @@ line, so the rows after it stay readable.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -63,6 +64,9 @@ def append(path, row: dict) -> None:
     line = encode(row)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        # The lock keeps another writer from growing the file between the look at its last
+        # byte and our write; the write itself is atomic either way. kill -9 releases it.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # a torn line before us: start a fresh one

@@ -2,7 +2,7 @@
 neural-tangents' STRUCTURED_DERIVATIVES), without per-sample Jacobians of the whole network.
 
 One forward pass records the input `a` of every parameterised layer; one backward pass,
-vmapped over the m unit cotangents at the network output, gives every such layer's output
+batched over the m unit cotangents at the network output, gives every such layer's output
 cotangents `g` (zero "probes" added to the layer outputs collect them all at once). Each
 layer's NTK term then comes from its own rule:
 
@@ -54,8 +54,8 @@ def _flatten(module: nn.Module) -> list[nn.Module]:
 
 
 def _own(module: nn.Module, names: set[str]) -> bool:
-    """The module's parameters are exactly its own direct `weight` (and maybe `bias`), and its
-    forward is the library's: only then do the layer rules know how they enter."""
+    """The module's parameters are exactly its own direct `weight` (and maybe `bias`): only
+    then do the layer rules know how they enter (weight_norm, for one, renames them)."""
     direct = {n for n, _ in module.named_parameters(recurse=False)}
     nested = len(list(module.parameters())) != len(direct)
     return "weight" in direct and direct <= names and not nested
@@ -85,7 +85,7 @@ def _plan(model: nn.Module):
         children = list(model.children())
         owns = {id(p) for p in model.parameters(recurse=False)}
         if len(children) == 1 and type(children[0]) is nn.Sequential and not owns:
-            layers = _flatten(children[0])  # a wrapper; `_check_wrapper` confirms at run time
+            layers = _flatten(children[0])  # a wrapper; `_unrolls` confirms at run time
     seen: dict[int, int] = {}
     for idx, layer in enumerate(layers):
         for p in layer.parameters():
@@ -115,29 +115,28 @@ def structured_notes(model: nn.Module) -> list[str]:
 # ------------------------------------------------------------------------------ passes
 def _activations(layers, probed: list[int], x: torch.Tensor):
     """Inputs of the probed layers (B, ...) and their output cotangents (m, B, ...), one per
-    network output: one forward, one backward vmapped over the m unit cotangents."""
-    shapes, h = {}, x[:1]
-    for idx, layer in enumerate(layers):  # a one-sample pass, only for the probe shapes
-        h = layer(h)
-        if idx in probed:
-            shapes[idx] = h.shape[1:]
-    probes = [x.new_zeros(x.shape[0], *shapes[idx]) for idx in probed]
-    where = {idx: k for k, idx in enumerate(probed)}
+    network output: one forward, one backward batched over the m unit cotangents.
 
-    def forward(*zs):
-        h, inputs = x, []
+    A zero "probe" leaf added to each probed layer's output is what the gradient is taken
+    w.r.t., so the parameters need not require grad and later in-place layers cannot alter it.
+    Plain autograd (is_grads_batched) rather than torch.func: the same batched backward
+    without torch.func's first-call import of torch._dynamo (seconds and ~80 MB of RSS).
+    """
+    inputs, probes, h = [], [], x
+    with torch.enable_grad():
         for idx, layer in enumerate(layers):
-            if idx in where:
-                inputs.append(h)
-                h = layer(h) + zs[where[idx]]
+            if idx in probed:
+                inputs.append(h.detach())
+                h = layer(h)
+                probes.append(torch.zeros_like(h, requires_grad=True))
+                h = h + probes[-1]
             else:
                 h = layer(h)
-        return h.reshape(h.shape[0], -1), inputs
-
-    y, pullback, inputs = vjp(forward, *probes, has_aux=True)
-    m = y.shape[1]
-    units = torch.eye(m, dtype=y.dtype, device=y.device)[:, None, :].expand(m, *y.shape)
-    return inputs, list(vmap(pullback)(units))
+        y = h.reshape(h.shape[0], -1)
+        m = y.shape[1]
+        units = torch.eye(m, dtype=y.dtype, device=y.device)[:, None, :].expand(m, *y.shape)
+        grads = torch.autograd.grad(y, probes, units, is_grads_batched=True)
+    return inputs, list(grads)
 
 
 def _patches(layer: nn.Module, a: torch.Tensor, g: torch.Tensor):
@@ -145,19 +144,15 @@ def _patches(layer: nn.Module, a: torch.Tensor, g: torch.Tensor):
     if isinstance(layer, nn.Linear):
         return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(*g.shape[:2], -1, g.shape[-1])
     pad = layer._reversed_padding_repeated_twice  # what nn.Conv2d itself pads with
-    mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-    P = F.unfold(F.pad(a, pad, mode=mode), layer.kernel_size, dilation=layer.dilation,
+    pad_mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+    P = F.unfold(F.pad(a, pad, mode=pad_mode), layer.kernel_size, dilation=layer.dilation,
                  stride=layer.stride)
     return P.transpose(1, 2), g.flatten(3).transpose(2, 3)
 
 
-def _m_eff(m: int, mode: str) -> int:
-    return m * m if mode == "full" else m
-
-
 def _gram_is_cheaper(B1, B2, T, K, C, m, mode) -> bool:
     """Flop estimates of the two routes for one patches layer (see the module docstring)."""
-    me = _m_eff(m, mode)
+    me = m * m if mode == "full" else m  # output pairs per sample pair
     gram = B1 * B2 * T * T * (K + me * C + me)
     grads = (B1 + B2) * m * T * C * K + B1 * B2 * me * (C * K + C)
     return gram <= grads
@@ -168,20 +163,24 @@ _GRAM = {"full": ("aitc,bjsc->ijabts", "ijts,ijabts->ijab"),
          "diagonal": ("aitc,ajsc->ijats", "ijts,ijats->ija")}
 
 
-def _gram_term(P1, G1, P2, G2, bias: bool, mode: str) -> torch.Tensor:
+def _add_gram(out, P1, G1, P2, G2, bias: bool, mode: str) -> None:
+    """out += the layer's term by the "gram" route."""
     if P1.shape[1] == 1 and P2.shape[1] == 1:  # dense layer: plain matrix products
         A = P1[:, 0] @ P2[:, 0].T + float(bias)  # (B1, B2)
         g1, g2 = G1[:, :, 0], G2[:, :, 0]  # (m, B, C)
         m, (b1, b2) = g1.shape[0], A.shape
-        if mode == "full":
-            GG = (g1.transpose(0, 1).reshape(b1 * m, -1) @ g2.transpose(0, 1).reshape(b2 * m, -1).T)
-            return A[:, :, None, None] * GG.reshape(b1, m, b2, m).transpose(1, 2)
-        if mode == "trace":
-            return A * (g1.transpose(0, 1).reshape(b1, -1) @ g2.transpose(0, 1).reshape(b2, -1).T)
-        return A[:, :, None] * torch.bmm(g1, g2.transpose(1, 2)).permute(1, 2, 0)
+        if mode == "full":  # addcmul_ fuses the product into the sum, no (B1, B2, m, m) temporary
+            GG = g1.reshape(m * b1, -1) @ g2.reshape(m * b2, -1).T
+            out.addcmul_(A[:, :, None, None], GG.view(m, b1, m, b2).permute(1, 3, 0, 2))
+        elif mode == "trace":
+            flat1, flat2 = g1.transpose(0, 1).reshape(b1, -1), g2.transpose(0, 1).reshape(b2, -1)
+            out.addcmul_(A, flat1 @ flat2.T)
+        else:
+            out.addcmul_(A[:, :, None], torch.bmm(g1, g2.transpose(1, 2)).permute(1, 2, 0))
+        return
     A = torch.einsum("itk,jsk->ijts", P1, P2) + float(bias)
     first, second = _GRAM[mode]
-    return torch.einsum(second, A, torch.einsum(first, G1, G2))
+    out += torch.einsum(second, A, torch.einsum(first, G1, G2))
 
 
 def _patch_grads(P, G, bias: bool) -> torch.Tensor:
@@ -198,7 +197,7 @@ def _bn_grads(layer: _BatchNorm, a, G) -> torch.Tensor:
     parts = []
     for name, grad in (("weight", lambda: G * x_hat), ("bias", lambda: G)):
         if getattr(layer, name, None) is not None:
-            parts.append(grad().flatten(3).sum(3).transpose(0, 1))  # (B, m, C)
+            parts.append(grad().reshape(*G.shape[:3], -1).sum(3).transpose(0, 1))  # (B, m, C)
     return torch.cat(parts, dim=2)
 
 
@@ -225,18 +224,15 @@ def _layer_jacobian(layer: nn.Module, a, G) -> torch.Tensor:
         return torch.stack(rows)
 
 
-def _check_wrapper(model, layers, x):
+def _unrolls(model, layers, x) -> bool:
+    """Whether running `layers` in order is `model`: checked on one sample for a wrapper, whose
+    forward could do more than call its Sequential."""
     if type(model) is nn.Sequential or layers == [model]:
-        return
+        return True
     h = x
     for layer in layers:
         h = layer(h)
-    if not torch.equal(model(x), h):
-        raise _NotAWrapper
-
-
-class _NotAWrapper(Exception):
-    pass
+    return torch.equal(model(x), h)
 
 
 def _zeros(x1, x2, m: int, mode: str) -> torch.Tensor:
@@ -260,10 +256,8 @@ def ntk_structured(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: s
     if mode not in NTK_MODES:
         raise ValueError(f"unknown NTK mode {mode!r}; known: {', '.join(NTK_MODES)}")
     layers, entries, plan_notes = _plan(model)
-    with torch.no_grad():  # torch.func still differentiates; this only stops graph recording
-        try:
-            _check_wrapper(model, layers, x1[:1])
-        except _NotAWrapper:
+    with torch.no_grad():  # graphs only where _activations enables them (torch.func ignores it)
+        if not _unrolls(model, layers, x1[:1]):
             layers, entries = [model], [(0, None)]
             plan_notes = [f"fallback: {type(model).__name__}.forward is not its Sequential; "
                           "per-sample Jacobians of the whole model"]
@@ -281,9 +275,13 @@ def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
             h = layer(h)
         return _zeros(x1, x2, h[0].numel(), mode)
     probed = [idx for idx, _ in entries]
-    a1, g1 = _activations(layers, probed, x1)
-    a2, g2 = (a1, g1) if x2 is x1 else _activations(layers, probed, x2)
-    m, B1, B2 = g1[0].shape[0], x1.shape[0], x2.shape[0]
+    B1, B2 = x1.shape[0], x2.shape[0]
+    # Samples do not interact, so one pass over both batches gives each its own values, with
+    # half the passes and larger matrix products.
+    a, g = _activations(layers, probed, x1 if x2 is x1 else torch.cat([x1, x2]))
+    a1, g1 = [t[:B1] for t in a], [t[:, :B1] for t in g]
+    a2, g2 = (a1, g1) if x2 is x1 else ([t[B1:] for t in a], [t[:, B1:] for t in g])
+    m = g1[0].shape[0]
     out = _zeros(x1, x2, m, mode)
     for k, (idx, rule) in enumerate(entries):
         layer = layers[idx]
@@ -293,7 +291,7 @@ def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
             P2, G2 = _patches(layer, a2[k], g2[k])
             T, K, C = P1.shape[1], P1.shape[2], G1.shape[3]
             if _gram_is_cheaper(B1, B2, T, K, C, m, mode):
-                out += _gram_term(P1, G1, P2, G2, bias, mode)
+                _add_gram(out, P1, G1, P2, G2, bias, mode)
             else:
                 out += contract_ntk(_patch_grads(P1, G1, bias), _patch_grads(P2, G2, bias), mode)
         elif rule == "batchnorm":

@@ -44,6 +44,14 @@ def _hog(problem, device, dtype):
     return run
 
 
+def _alloc_fails(problem, device, dtype):
+    """Asks for more memory than there is, as a dense 40 GB Jacobian would. Cost: one refusal."""
+    def run():
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "40000000000 bytes")
+    return run
+
+
 def _crash(problem, device, dtype):
     """Dies of a segmentation fault. Cost: the process."""
     def run():
@@ -86,6 +94,7 @@ PLANTED = {
     "torch.planted_raises": (_raises, True),
     "torch.planted_hangs": (_hangs, True),
     "torch.planted_hog": (_hog, True),
+    "torch.planted_alloc_fails": (_alloc_fails, True),
     "torch.planted_crash": (_crash, True),
     "torch.planted_wrong": (_wrong, True),
     "torch.planted_approx": (_wrong, False),

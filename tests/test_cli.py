@@ -6,12 +6,15 @@ planted_strategies.py must stay out of this process's registry.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ import torch
 
 from bench import store
 from bench.cli import main
-from bench.runner import select_cases
+from bench.runner import Progress, select_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +47,7 @@ def _by_case(rows):
 def test_failing_strategies_become_rows_and_the_sweep_goes_on(tmp_path):
     results = tmp_path / "results.jsonl"
     names = ["torch.planted_raises", "torch.planted_hangs", "torch.planted_hog",
+             "torch.planted_alloc_fails",
              "torch.planted_crash", "torch.planted_wrong", "torch.planted_approx",
              "torch.planted_nan_approx", "torch.planted_slow_later", "torch.planted_right"]
     run = jacbench("run", "--profile", "test", "--quantity", "jac_diag", "--problem",
@@ -65,9 +69,11 @@ def test_failing_strategies_become_rows_and_the_sweep_goes_on(tmp_path):
     assert "3 s time limit" in status("torch.planted_hangs", small)[1]
     assert status("torch.planted_hog", small)[0] == "oom"
     assert "0.2 GB cap" in status("torch.planted_hog", small)[1]
+    assert status("torch.planted_alloc_fails", small)[0] == "oom"
     assert status("torch.planted_crash", small) == ("error", "child process died of SIGSEGV")
     # After a timeout or an OOM the larger size is not attempted; after an error it is.
     for name, why in [("torch.planted_hangs", "timeout"), ("torch.planted_hog", "oom"),
+                      ("torch.planted_alloc_fails", "oom"),
                       ("torch.planted_slow_later", "timeout")]:
         assert status(name, large) == ("skipped", f"not attempted: {why} at the smaller size "
                                                   f"{small}")
@@ -183,3 +189,52 @@ def test_list_shows_quantities_strategies_and_problems(capsys):
     assert "Quantities:" in out and "Strategies" in out and "Problem families" in out
     assert "torch.jacrev" in out and "jax." not in out
     assert "seed004_linear_tanh" in out and "seed000_mlp" not in out
+
+
+def _results_file(tmp_path):
+    results = tmp_path / "results.jsonl"
+    store.append(results, {"case_id": "q|p|s|cpu|float32", "quantity": "jacobian",
+                           "status": "ok"})
+    return results
+
+
+def test_report_hands_the_results_to_the_builder(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("reports.build")
+    fake.build_report = lambda results, out: calls.append((results, out)) or out
+    monkeypatch.setitem(sys.modules, "reports.build", fake)
+    results, out = _results_file(tmp_path), tmp_path / "out" / "index.html"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    assert calls == [(results, out)] and out.parent.is_dir()
+    assert capsys.readouterr().out == f"report: {out}\n"
+
+
+def test_report_without_a_builder_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "reports.build", None)  # makes the import fail
+    assert main(["report", str(_results_file(tmp_path))]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jacbench report: no report builder") and err.count("\n") == 1
+
+
+def test_progress_without_a_terminal_prints_count_elapsed_and_eta_per_case():
+    cases = select_cases("test", "jacobian", "torch.jacrev,torch.jacfwd", "mlp_width")
+    out = io.StringIO()
+    progress = Progress(len(cases), stream=out, tty=False)
+    progress.begin(cases[0])
+    progress.end(cases[0], {"status": "ok", "median_s": 0.00123})
+    progress.end(cases[1], {"status": "timeout", "message": "exceeded the 3 s time limit"})
+    first, second = out.getvalue().splitlines()
+    assert re.fullmatch(r"\[1/2 0:00:00 eta 0:00:00\] jacobian mlp_width@n=5,width=6,m=3 "
+                        r"torch\.jacfwd: ok 1\.23 ms", first), first
+    assert second.startswith("[2/2 ") and second.endswith("timeout exceeded the 3 s time limit")
+
+
+def test_progress_on_a_terminal_is_a_bar_naming_the_current_case():
+    cases = select_cases("test", "jacobian", "torch.jacrev", "mlp_width")
+    out = io.StringIO()
+    progress = Progress(1, stream=out, tty=True)
+    progress.begin(cases[0])
+    progress.end(cases[0], {"status": "ok"})
+    progress.close()
+    text = out.getvalue()
+    assert "jacobian/mlp_width@n=5,width=6,m=3/torch.jacrev" in text and "1/1" in text

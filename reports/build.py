@@ -1,0 +1,274 @@
+"""Build the self-contained HTML comparison report from a results file or DataFrame.
+
+    from reports.build import build_report
+    build_report("results/results.jsonl", "reports/out/index.html")
+
+One HTML file: figures are base64 PNGs, the sorting and filtering script is inline, nothing is
+fetched from the network.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from . import figures
+from . import summary as S
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+# Columns of the tables: (header, tooltip, numeric?)
+SUMMARY_COLUMNS = [
+    ("Quantity", "", False), ("Problem", "family[NTK mode]@size", False),
+    ("Scale", "the number this problem's size ladder grows along", True),
+    ("Fastest (exact, ok)", "the fastest exact strategy with status ok", False),
+    ("Median", "steady-state median time (hover: IQR and first call)", True),
+    ("Peak memory", "of the fastest strategy", True),
+    ("\u00f7 forward", "median time of the fastest divided by one forward pass", True),
+    ("vs slowest", "speed-up over the slowest exact ok strategy (named in the tooltip)", True),
+    ("Baseline", S.BASELINE_RULE, False),
+    ("vs baseline", "speed-up of the fastest over the baseline", True),
+    ("Runner-up", "the second fastest exact ok strategy, and how much slower it is", False),
+    ("ok / all", "strategies with status ok / strategies run on this problem", True),
+    ("Not ok", "statuses other than ok on this problem", False),
+]
+RESULT_COLUMNS = [
+    ("Quantity", "", False), ("Problem", "", False), ("Scale", "", True),
+    ("Strategy", "", False), ("Exact", "exact, or an approximation (\u2248)", False),
+    ("Device", "device and dtype", False), ("Status", "", False),
+    ("Median", "", True), ("IQR", "", True), ("Runs", "", True), ("First call", "", True),
+    ("\u00f7 forward", "median \u00f7 one forward pass", True), ("Peak memory", "", True),
+    ("Max error", "max |x\u2212y| / max(1, |x|+|y|) against the float64 reference", True),
+    ("Message", "", False),
+]
+
+
+def load(results) -> pd.DataFrame:
+    """A DataFrame as is, or a JSON Lines results file read by bench.store.load, which skips a
+    torn last line and keeps the newest row of each case."""
+    if isinstance(results, pd.DataFrame):
+        return results
+    from bench.store import load as store_load
+
+    path = Path(results)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist")
+    return store_load(path)
+
+
+# ------------------------------------------------------------------------------ cells
+def _cell(text, sort=None, cls="", title=""):
+    if isinstance(sort, float) and not math.isfinite(sort):
+        sort = "" if math.isnan(sort) else (1e308 if sort > 0 else -1e308)
+    return {"text": "" if text is None else str(text), "sort": "" if sort is None else sort,
+            "cls": cls, "title": title or ""}
+
+
+def _breakable(label: str) -> str:
+    """A problem label that may wrap after its commas (zero-width spaces; the filter script
+    ignores them)."""
+    return str(label).replace(",", ",\u200b")
+
+
+def _f(v):
+    return S._num(v)
+
+
+def _status_cell(status, message=""):
+    return _cell(status.replace("_", " "), status, f"st st-{status}", message)
+
+
+def summary_rows(table: pd.DataFrame) -> list[dict]:
+    rows = []
+    for r in table.itertuples():
+        has = isinstance(r.best, str)
+        cells = [_cell(r.quantity), _cell(_breakable(r.problem), cls="prob", title=r.setting),
+                 _cell(S._fmt_int(r.scale), _f(r.scale))]
+        if has:
+            cells += [
+                _cell(r.best, cls="best"),
+                _cell(S.fmt_time(_f(r.best_s)), _f(r.best_s),
+                      title=f"IQR {S.fmt_time(_f(r.best_iqr_s))}; first call "
+                            f"{S.fmt_time(_f(r.best_first_call_s))}"),
+                _cell(S.fmt_bytes(_f(r.best_mem)), _f(r.best_mem)),
+                _cell(S.fmt_ratio(_f(r.best_rel_forward)), _f(r.best_rel_forward)),
+                _cell(S.fmt_ratio(_f(r.speedup_slowest)), _f(r.speedup_slowest),
+                      title=f"slowest exact ok: {r.slowest} ({S.fmt_time(_f(r.slowest_s))})"),
+            ]
+        else:
+            cells += [_cell("none agreed", "", "fail",
+                            "no exact strategy finished with status ok on this problem")]
+            cells += [_cell("\u2013", "") for _ in range(4)]
+        base_title = S.BASELINE_RULE
+        if isinstance(r.baseline, str):
+            base_title = f"{r.baseline}: {r.baseline_status}, {S.fmt_time(_f(r.baseline_s))}"
+            cells.append(_cell(r.baseline, cls="" if r.baseline_status == "ok" else "fail",
+                               title=base_title))
+        else:
+            cells.append(_cell("none", cls="muted", title="no strategy name matches: "
+                                                          + S.BASELINE_RULE))
+        sb = _f(r.speedup_baseline)
+        if math.isfinite(sb):
+            cells.append(_cell(S.fmt_ratio(sb), sb))
+        elif isinstance(r.baseline, str) and r.baseline_status != "ok":
+            cells.append(_cell(f"baseline {str(r.baseline_status).replace('_', ' ')}", "",
+                               "fail", base_title))
+        else:
+            cells.append(_cell("\u2013", ""))
+        if isinstance(r.runner_up, str):
+            cells.append(_cell(f"{r.runner_up} ({S.fmt_ratio(_f(r.runner_up_ratio))} slower)",
+                               _f(r.runner_up_ratio), "wrap",
+                               f"{S.fmt_ratio(_f(r.runner_up_ratio))} slower than the fastest"))
+        else:
+            cells.append(_cell("\u2013", ""))
+        cells.append(_cell(f"{r.ok} / {r.strategies}", r.ok))
+        cells.append(_cell(r.not_ok or "", cls="fail wrap" if r.not_ok else ""))
+        rows.append({"cls": "" if has else "row-failed", "cells": cells})
+    return rows
+
+
+def result_rows(df: pd.DataFrame) -> list[dict]:
+    rows = []
+    for r in df.sort_values(["quantity", "family", "mode", "scale", "strategy"]).itertuples():
+        ok = r.status == "ok"
+        cells = [
+            _cell(r.quantity), _cell(_breakable(r.problem), cls="prob"),
+            _cell(S._fmt_int(r.scale), _f(r.scale)),
+            _cell(r.strategy), _cell("exact" if r.exact else "\u2248 approx"),
+            _cell(r.setting), _status_cell(r.status, r.message),
+            _cell(S.fmt_time(_f(r.median_s)), _f(r.median_s)),
+            _cell(S.fmt_time(_f(r.iqr_s)), _f(r.iqr_s)),
+            _cell("" if r.runs != r.runs else f"{int(r.runs)}", _f(r.runs)),
+            _cell(S.fmt_time(_f(r.first_call_s)), _f(r.first_call_s)),
+            _cell(S.fmt_ratio(_f(r.rel_forward)), _f(r.rel_forward)),
+            _cell(S.fmt_bytes(_f(r.peak_mem_bytes)), _f(r.peak_mem_bytes)),
+            _cell(S.fmt_error(_f(r.max_error)), _f(r.max_error),
+                  "disagrees" if r.status == "disagrees" else ""),
+            _cell(r.message, cls="msg"),
+        ]
+        rows.append({"cls": "" if ok else f"row-{'failed' if r.status in S.FAILED else r.status}",
+                     "cells": cells})
+    return rows
+
+
+def not_applicable_rows(df: pd.DataFrame) -> list[dict]:
+    na = df[df["status"] == "not_applicable"]
+    out = []
+    for (q, s, msg), rows in na.groupby(["quantity", "strategy", "message"], sort=True):
+        out.append({"cls": "", "cells": [_cell(q), _cell(s), _cell(msg, cls="msg"),
+                                          _cell(", ".join(sorted(rows["problem"].unique())))]})
+    return out
+
+
+def _columns(spec):
+    return [{"name": n, "title": t, "num": num} for n, t, num in spec]
+
+
+# ------------------------------------------------------------------------------ build
+def build_report(results, out_path, seeds_path=None) -> Path:
+    """Write the report for `results` (a DataFrame, or a JSON Lines results file) to
+    `out_path` and return its path. `seeds_path`: design.md or the seeds folder, for the
+    claim texts and seed file names (the built-in copies of design.md's claims otherwise)."""
+    source = "DataFrame" if isinstance(results, pd.DataFrame) else str(results)
+    df = S.normalize(load(results))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    table = S.summary_table(df) if len(df) else pd.DataFrame(columns=S.GROUP)
+    quantities = sorted(df["quantity"].dropna().unique())
+    settings = sorted(df["setting"].unique())
+    sections = []
+    for q in quantities:
+        qdf = df[df["quantity"] == q]
+        figs = []
+        for setting in settings:
+            sdf = qdf[qdf["setting"] == setting]
+            if sdf.empty:
+                continue
+            for fig in figures.quantity_figures(sdf):
+                if len(settings) > 1:
+                    fig["title"] += f" ({setting})"
+                figs.append(fig)
+        cols, agree = S.agreement(df, q)
+        agree_rows = []
+        for a in agree:
+            cells = [_cell(a["strategy"] + ("" if a["exact"] else " \u2248"),
+                           title="approximate: judged by a finite error, not the tolerance"
+                           if not a["exact"] else "")]
+            cells += [_cell(c["text"], c["sort"], f"ag ag-{c['cls']}", c["title"])
+                      for c in a["cells"]]
+            cells.append(_cell(a["worst_text"], _f(a["worst"])))
+            cells.append(_cell(str(a["flagged"]) if a["flagged"] else "", a["flagged"],
+                               "disagrees" if a["flagged"] else ""))
+            agree_rows.append({"cls": "row-disagrees" if a["flagged"] else "", "cells": cells})
+        agree_cols = ([{"name": "Strategy", "title": "", "num": False}]
+                      + [{"name": _breakable(c.split("@", 1)[-1]), "title": c, "num": True,
+                          "group": c.split("@", 1)[0]} for c in cols]
+                      + [{"name": "Worst", "title": "largest error over the problems", "num": True},
+                         {"name": "\u2717", "title": "number of disagreeing problems",
+                          "num": True}])
+        counts = qdf["status"].value_counts()
+        recs = [r for r in S.recommendations(table[table["quantity"] == q])] if len(table) else []
+        sections.append({
+            "quantity": q, "anchor": f"q-{q}", "figures": figs,
+            "agreement_columns": agree_cols, "agreement_rows": agree_rows,
+            "recommendations": recs,
+            "counts": ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in S.STATUSES
+                                if s in counts),
+            "strategies": qdf["strategy"].nunique(),
+        })
+
+    failed = df[df["status"].isin(S.FAILED + ("disagrees",))]
+    status_counts = df["status"].value_counts()
+    context = {
+        "title": "jacbench comparison report",
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "source": source,
+        "n_rows": len(df), "n_strategies": df["strategy"].nunique(),
+        "n_problems": df.drop_duplicates(["quantity", "problem"]).shape[0],
+        "n_quantities": len(quantities),
+        "status_counts": [(s, int(status_counts[s])) for s in S.STATUSES if s in status_counts],
+        "recommendations": S.recommendations(table) if len(table) else [],
+        "summary_columns": _columns(SUMMARY_COLUMNS),
+        "summary_rows": summary_rows(table) if len(table) else [],
+        "baseline_rule": S.BASELINE_RULE,
+        "sections": sections,
+        "failure_rows": result_rows(failed),
+        "result_columns": _columns(RESULT_COLUMNS),
+        "na_rows": not_applicable_rows(df),
+        "na_columns": _columns([("Quantity", "", False), ("Strategy", "", False),
+                                ("Reason", "", False), ("Problems", "", False)]),
+        "claims": S.seed_claims(df, seeds_path),
+        "environment": S.environment(df) if len(df) else [],
+        "env_columns": list(S.ENV_COLUMNS),
+        "all_rows": result_rows(df),
+        "failed_statuses": S.FAILED,
+    }
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             autoescape=jinja2.select_autoescape(["html"]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    page = env.get_template("report.html").render(**context)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out_path)
+    return out_path
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m reports.build", description=build_report.__doc__)
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("reports/out/index.html"))
+    ap.add_argument("--seeds", type=Path, default=None, help="design.md or the seeds folder")
+    args = ap.parse_args(argv)
+    print(build_report(args.results, args.out, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

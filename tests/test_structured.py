@@ -1,0 +1,164 @@
+"""torch.structured: the structured-derivative NTK agrees with the float64 reference on every
+NTK test problem and mode, takes both of its conv routes correctly, handles the layouts the
+rules cover (wrappers, nested Sequentials, Linear on (B, T, K) inputs, strided and padded
+convolutions), and falls back, reporting it, for parameters the rules do not cover."""
+import pytest
+import torch
+from torch import nn
+
+import strategies
+from bench.problems import problems
+from conftest import assert_agrees
+from strategies import torch_structured
+from strategies.agreement import max_error, tolerance
+from strategies.quantities import NTK_MODES, _ntk
+from strategies.torch_model import TorchView
+from strategies.torch_structured import StructuredFallback, ntk_structured
+
+STRUCTURED = strategies.get("ntk", "torch.structured")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("problem", problems("ntk", "test"), ids=lambda p: p.id)
+def test_agrees_with_reference_on_every_ntk_test_problem(problem, dtype):
+    assert_agrees(STRUCTURED, problem, dtype)
+    assert STRUCTURED.prepare(problem, "cpu", dtype).notes == []  # suite models need no fallback
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+def test_both_patch_routes_agree(monkeypatch, gram):
+    """The cost model picks one route per layer; force each everywhere, conv layers included."""
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    for problem in problems("ntk", "test"):
+        assert_agrees(STRUCTURED, problem, "float64")
+
+
+def _reference(model, x1, x2, mode):
+    """The suite's float64 reference contraction, on a model that no Problem describes."""
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+    return _ntk(TorchView(None, model, params, buffers, {}), x1, x2, mode)
+
+
+def _check(model, x1, x2, notes_expected=False, same_function=None):
+    """`same_function`: a model computing the same function that the reference can vmap."""
+    model = model.double().eval()
+    reference_model = (same_function or model).double().eval()
+    for mode in NTK_MODES:
+        notes = []
+        result = ntk_structured(model, x1.double(), x2.double(), mode, notes=notes)
+        ref = _reference(reference_model, x1.double(), x2.double(), mode).numpy()
+        err = max_error(result, ref)
+        assert err <= tolerance("float64"), (mode, err)
+        assert bool(notes) == notes_expected, notes
+    return notes
+
+
+class Wrapper(nn.Module):
+    def __init__(self, net, scale=1.0):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x):
+        return self.scale * self.net(x)
+
+
+def _convnet(**conv):
+    return nn.Sequential(nn.Conv2d(2, 3, 3, **conv), nn.BatchNorm2d(3), nn.Tanh(),
+                         nn.Sequential(nn.Flatten(), nn.LazyLinear(4)))
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+@pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding="same", bias=False),
+                                  dict(dilation=2, padding=2, padding_mode="reflect")],
+                         ids=["stride", "same-nobias", "dilation-reflect"])
+def test_conv_options_and_nested_sequential(monkeypatch, conv, gram):
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    torch.manual_seed(0)
+    model, x = _convnet(**conv), torch.randn(3, 2, 6, 6)
+    model(x)  # materialise the lazy layer
+    with torch.no_grad():  # eval-mode statistics that are not the identity
+        model[1].running_mean.uniform_(-.5, .5)
+        model[1].running_var.uniform_(.5, 1.5)
+    _check(model, x, x[:2] + 0.5)
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+def test_linear_on_token_inputs_batchnorm1d_and_a_wrapper(monkeypatch, gram):
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    torch.manual_seed(1)
+    bn = nn.BatchNorm1d(5)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-.5, .5)
+        bn.running_var.uniform_(.5, 1.5)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Flatten(), nn.Linear(20, 5), bn,
+                        nn.Linear(5, 2))
+    x1, x2 = torch.randn(2, 5, 3), torch.randn(3, 5, 3)
+    _check(net, x1, x2)
+    _check(Wrapper(net), x1, x2)
+
+
+def test_wrapper_whose_forward_is_not_its_sequential_falls_back():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.warns(StructuredFallback, match="not its Sequential"):
+        _check(Wrapper(net, scale=2.0), torch.randn(2, 3), torch.randn(3, 3), notes_expected=True)
+
+
+class Scale(nn.Module):
+    """A user layer with its own parameter and no structured rule."""
+
+    def __init__(self, n, vmappable=True):
+        super().__init__()
+        self.s, self.vmappable = nn.Parameter(torch.linspace(0.5, 1.5, n)), vmappable
+
+    def forward(self, x):
+        # Data-dependent control flow: torch.func cannot vmap it, plain autograd can.
+        if not self.vmappable and bool((x.abs() > 1e6).any()):
+            return x
+        return torch.sin(x) * self.s + x
+
+
+@pytest.mark.parametrize("vmappable", [True, False], ids=["vmap", "autograd-loop"])
+def test_unsupported_layer_falls_back_for_its_parameters_and_says_so(vmappable):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(3, 5), Scale(5, vmappable), nn.Tanh(), nn.Linear(5, 2))
+    twin = nn.Sequential(*model[:1], Scale(5), *model[2:])  # the reference needs vmap
+    with pytest.warns(StructuredFallback, match=r"layer 1 \(Scale\)"):
+        notes = _check(model, torch.randn(3, 3), torch.randn(2, 3), notes_expected=True,
+                       same_function=twin)
+    assert notes == ["fallback: layer 1 (Scale) has no structured rule; per-sample Jacobians "
+                     "of its 5 parameters"]
+    assert torch_structured.structured_notes(model) == notes
+
+
+def test_registered_strategy_carries_the_notes():
+    problem = problems("ntk", "test", "mlp_batch")[0]
+    assert STRUCTURED.prepare(problem, "cpu", "float64").notes == []
+    assert "fallback" in torch_structured.structured_notes(
+        nn.Sequential(nn.Linear(2, 3), Scale(3)))[0]
+
+
+def test_shared_parameters_and_non_sequential_models_fall_back_as_a_whole():
+    torch.manual_seed(4)
+    lin = nn.Linear(3, 3)
+    x1, x2 = torch.randn(2, 3), torch.randn(3, 3)
+    with pytest.warns(StructuredFallback, match="used by layers 0 and 2"):
+        _check(nn.Sequential(lin, nn.Tanh(), lin), x1, x2, notes_expected=True)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x)) + x)
+
+    with pytest.warns(StructuredFallback, match="not an nn.Sequential"):
+        _check(Residual(), x1, x2, notes_expected=True)
+
+
+def test_training_mode_batch_norm_is_refused():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten())
+    with pytest.raises(ValueError, match="model.eval"):
+        ntk_structured(model, torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4))
