@@ -4,7 +4,7 @@
     jacbench run [--profile quick|full|test] [--quantity Q] [--strategy S] [--problem FAMILY]
                  [--size LABEL|SCALE] [--device cpu|cuda] [--dtype float32|float64]
                  [--framework F] [--results PATH] [--resume] [--timeout S] [--mem-cap GB]
-                 [--threads T]
+                 [--threads T] [--jobs N] [--quiet]
     jacbench report RESULTS [--out PATH]
 
 Filters take names or comma-separated lists and may be repeated. Bad input gets one line on
@@ -69,6 +69,9 @@ def _parser() -> _Parser:
     run.add_argument("--timeout", type=_positive(float), help="seconds per case")
     run.add_argument("--mem-cap", type=_positive(float), help="GB per case")
     run.add_argument("--threads", type=_positive(int), help="CPU threads per case (default 1)")
+    run.add_argument("--jobs", type=_positive(int),
+                     help="cases run side by side, each on its own CPUs, timed one at a time "
+                          "(default: CPUs / threads, at most 2)")
     run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
     run.set_defaults(func=_cmd_run)
 
@@ -119,13 +122,15 @@ def _cmd_run(args) -> int:
     from .runner import BadInput, select_cases, sweep
 
     cpus = len(os.sched_getaffinity(0))
-    if args.threads and args.threads > cpus:
-        raise BadInput(f"--threads {args.threads}: this process may use {cpus} CPU(s); "
-                       f"allowed: 1 to {cpus}")
+    need = (args.threads or 1) * (args.jobs or 1)
+    if need > cpus:
+        raise BadInput(f"--threads {args.threads or 1} x --jobs {args.jobs or 1} needs {need} "
+                       f"CPUs; this process may use {cpus}")
     cases = select_cases(args.profile, args.quantity, args.strategy, args.problem, args.size,
                          args.framework, args.device, args.dtype)
     summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
-                    mem_cap_gb=args.mem_cap, threads=args.threads, resume=args.resume,
+                    mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
+                    resume=args.resume,
                     quiet=args.quiet)
     print(summary)
     if summary.interrupted:

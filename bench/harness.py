@@ -14,6 +14,7 @@ strategy's cost relative to evaluating the function.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -94,8 +95,10 @@ class PeakMemory:
     """Peak memory of what runs between `start()` and `peak()`, in bytes.
 
     CPU: VmHWM less the VmRSS at start, after resetting the high-water mark by writing "5" to
-    /proc/self/clear_refs. CUDA: the torch allocator's peak (and JAX's, for JAX strategies) less
-    what was allocated at start.
+    /proc/self/clear_refs, less the growth of RssFile: pages of shared libraries (torch's and
+    XLA's code, faulted in as new code paths run, ~10-100 MB) are not memory the strategy
+    allocated. CUDA: the torch allocator's peak (and JAX's, for JAX strategies) less what was
+    allocated at start.
     """
 
     def __init__(self, device: str, framework: str = "torch"):
@@ -116,6 +119,7 @@ class PeakMemory:
             self.base = None  # no reset: a peak would include everything before
             return
         self.base = _status_kb("VmRSS") * 1024
+        self.file_base = _status_kb("RssFile") * 1024
 
     def peak(self) -> int | None:
         if self.device == "cuda":
@@ -124,7 +128,8 @@ class PeakMemory:
                     - self.base)
         if self.base is None:
             return None
-        return max(0, _status_kb("VmHWM") * 1024 - self.base)
+        file_growth = _status_kb("RssFile") * 1024 - self.file_base
+        return max(0, _status_kb("VmHWM") * 1024 - self.base - file_growth)
 
     def _jax_gpu(self, key: str) -> int:
         if self.framework != "jax":
@@ -167,11 +172,13 @@ def _warning_note(caught) -> str:
 
 # ------------------------------------------------------------------------------ one case
 def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str, ref: np.ndarray,
-             threads: int, timing: Timing = Timing(), send=None) -> dict:
+             threads: int, timing: Timing = Timing(), send=None, exclusive=None) -> dict:
     """Measure one case here and now; returns the measurement columns of its result row.
 
     `send(partial_row)`, when given, receives what is known before the steady-state timing
     starts, so a case killed while timing still reports its first call, memory and error.
+    `exclusive()`, when given, is a context manager held while timing (bench.isolation's lock,
+    so that cases running side by side are never timed at the same time).
     Exceptions from the strategy become status 'error' (or 'oom') with a one-line message.
     """
     tol = tolerance(dtype)
@@ -206,7 +213,8 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str, ref:
     if send is not None:
         send(dict(row))
     try:
-        row["median_s"], row["iqr_s"], row["runs"] = measure(fn, threads, timing)
+        with exclusive() if exclusive else contextlib.nullcontext():
+            row["median_s"], row["iqr_s"], row["runs"] = measure(fn, threads, timing)
     except Exception as exc:
         return {**row, "status": classify(exc), "message": f"timing: {one_line(exc)}"}
     return row
@@ -230,21 +238,23 @@ def forward_callable(problem: Problem, device: str, dtype: str):
 
 
 def forward_time(problem: Problem, device: str, dtype: str, threads: int,
-                 timing: Timing = Timing()) -> float:
+                 timing: Timing = Timing(), exclusive=None) -> float:
     fn = forward_callable(problem, device, dtype)
     force(fn())
-    return measure(fn, threads, timing)[0]
+    with exclusive() if exclusive else contextlib.nullcontext():
+        return measure(fn, threads, timing)[0]
 
 
 # ------------------------------------------------------------------------------ child setup
-def pin_threads(threads: int, device: str = "cpu") -> None:
-    """Pin this (fresh) process to `threads` CPU threads for torch and XLA alike.
+def pin_threads(threads: int, device: str = "cpu", cpus=None) -> None:
+    """Pin this (fresh) process to `threads` CPU threads for torch and XLA alike, on `cpus`
+    (default: the first of those it may use).
 
     Call before any torch or JAX computation: the CPU affinity mask bounds both frameworks'
     pools; torch.set_num_threads sizes torch's; XLA reads XLA_FLAGS when its backend starts.
     """
-    cpus = sorted(os.sched_getaffinity(0))
-    if threads < len(cpus):
+    cpus = sorted(cpus or os.sched_getaffinity(0))
+    if threads < len(cpus) or set(cpus) != os.sched_getaffinity(0):
         os.sched_setaffinity(0, cpus[:threads])
     torch.set_num_threads(threads)
     flags = os.environ.get("XLA_FLAGS", "")
@@ -262,10 +272,14 @@ def pin_threads(threads: int, device: str = "cpu") -> None:
 
 
 def start_backend(framework: str, device: str) -> None:
-    """Start the framework's runtime (JAX's XLA client, CUDA's context) before a case, so that
-    neither its time nor its memory is charged to the first strategy call."""
+    """Start the framework's runtime (JAX's XLA client; torch's thread pool and BLAS handles,
+    whose CUDA workspace alone is tens of MB) before a case, so that neither its time nor its
+    memory is charged to the first strategy call."""
     if device == "cuda":
         torch.cuda.init()
+    if framework == "torch":
+        x = torch.ones(8, 8, device=device)
+        force(torch.tanh(x @ x))
     if framework == "jax":
         try:
             import jax

@@ -10,7 +10,9 @@ The child reports through a pipe: partial results while it works, then its final
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import faulthandler
 import gc
 import multiprocessing as mp
@@ -19,6 +21,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -103,6 +106,140 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
+PAUSE = "_paused"  # a partial-message key: True while the child waits for the exclusive lock
+
+
+@contextlib.contextmanager
+def exclusive(lock_path, send=None):
+    """Hold the machine-wide timing lock (an flock, released even if the holder is killed).
+
+    Cases run side by side during their untimed and first-call phases, but steady-state timing
+    happens alone. `send` tells the parent to stop this child's clock while it waits.
+    """
+    if lock_path is None:
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if send:
+            send({PAUSE: True})
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if send:
+            send({PAUSE: False})
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class Child:
+    """One forked child running `fn(send)`, watched by `poll`; see `run_isolated`."""
+
+    def __init__(self, fn: Callable[[Callable[[dict], None]], Any], limits: Limits = Limits(),
+                 log_path=None):
+        self.limits = limits
+        # Frozen objects are skipped by the collector: without this, the child's first
+        # collection walks (and so copies) every object the zygote imported, ~0.4 s per case.
+        gc.freeze()
+        self.conn, child_conn = _CTX.Pipe(duplex=False)
+        self.base = rss_bytes(os.getpid())
+        self.proc = _CTX.Process(target=_child, args=(fn, child_conn, log_path), daemon=True)
+        self.start = self.clock_from = time.monotonic()
+        self.used = 0.0  # seconds counted against the time limit, pauses left out
+        self.paused = False
+        self.out = Outcome("error")
+        self.final = None
+        self.killed = None
+        self.eof = False
+        with warnings.catch_warnings():
+            # Python 3.12 warns on every fork of a process with threads; the zygote's are
+            # OpenBLAS's idle workers, which handle fork themselves.
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                    DeprecationWarning)
+            self.proc.start()
+        child_conn.close()  # so that the child's exit shows as EOF here
+
+    def poll(self, wait_s: float = 0.0) -> Outcome | None:
+        """Read what the child sent, check its memory and clock; the Outcome once it ended."""
+        if self.final is None and self.killed is None:
+            self._read(wait_s)
+        if self.final is None and self.killed is None:
+            self._watch()
+        if self.final is None and self.killed is None and not self.eof and (
+                self.proc.is_alive() or self.conn.poll(0)):
+            return None
+        return self._finish()
+
+    def _read(self, wait_s: float) -> None:
+        while self.conn.poll(wait_s):
+            wait_s = 0
+            try:
+                kind, data = self.conn.recv()
+            except (EOFError, OSError):
+                self.eof = True  # the child ended without a final message
+                return
+            if kind != "partial":
+                self.final = (kind, data)
+                return
+            if PAUSE in data:
+                self._pause(data.pop(PAUSE))
+            self.out.partial.update(data)
+
+    def _pause(self, paused: bool) -> None:
+        now = time.monotonic()
+        if paused and not self.paused:
+            self.used += now - self.clock_from
+        elif not paused and self.paused:
+            self.clock_from = now
+        self.paused = paused
+
+    def _watch(self) -> None:
+        grown = rss_bytes(self.proc.pid) - self.base
+        self.out.max_rss_bytes = max(self.out.max_rss_bytes, grown)
+        now = time.monotonic()
+        used = self.used + (0 if self.paused else now - self.clock_from)
+        cap, limit = self.limits.mem_cap_bytes, self.limits.timeout_s
+        if grown > cap:
+            self.killed = ("oom", f"memory grew past the {cap / GB:.3g} GB cap "
+                                  f"({grown / GB:.3g} GB after {now - self.start:.1f} s)")
+        elif used > limit:
+            self.killed = ("timeout", f"exceeded the {limit:g} s time limit")
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+    def _finish(self) -> Outcome:
+        out, proc = self.out, self.proc
+        if self.killed or self.final is None:
+            if proc.is_alive():
+                proc.kill()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        self.conn.close()
+        out.wall_s = time.monotonic() - self.start
+        if self.killed:
+            out.status, out.message = self.killed
+        elif self.final is None:
+            code = proc.exitcode
+            if code is not None and code < 0:
+                if -code == signal.SIGKILL:  # not ours: the kernel's out-of-memory killer
+                    out.status = "oom"
+                    out.message = "killed by SIGKILL (the kernel's out-of-memory killer?)"
+                else:
+                    out.message = f"child process died of {_signal_name(-code)}"
+            else:
+                out.message = f"child process exited with status {code} without a result"
+        elif self.final[0] == "done":
+            out.status, out.result = "done", self.final[1]
+        else:
+            out.status, out.message = self.final
+        return out
+
+
 def run_isolated(fn: Callable[[Callable[[dict], None]], Any], limits: Limits = Limits(),
                  log_path=None) -> Outcome:
     """Call `fn(send)` in a forked child and watch it; never raises for the child's failures.
@@ -110,67 +247,11 @@ def run_isolated(fn: Callable[[Callable[[dict], None]], Any], limits: Limits = L
     `fn` may call `send(dict)` any number of times; the dicts are merged into
     `Outcome.partial`. Its return value (picklable) becomes `Outcome.result`.
     """
-    # Frozen objects are skipped by the collector: without this, the child's first collection
-    # walks (and so copies) every object the zygote imported, ~0.4 s per case.
-    gc.freeze()
-    parent_conn, child_conn = _CTX.Pipe(duplex=False)
-    base = rss_bytes(os.getpid())
-    proc = _CTX.Process(target=_child, args=(fn, child_conn, log_path), daemon=True)
-    start = time.monotonic()
-    proc.start()
-    child_conn.close()  # so that the child's exit shows as EOF here
-    out = Outcome("error")
-    final = None
-    killed = None
+    child = Child(fn, limits, log_path)
     try:
-        while final is None:
-            if parent_conn.poll(limits.poll_s):
-                try:
-                    kind, data = parent_conn.recv()
-                except (EOFError, OSError):
-                    break  # the child ended without a final message
-                if kind == "partial":
-                    out.partial.update(data)
-                else:
-                    final = (kind, data)
-                continue
-            grown = rss_bytes(proc.pid) - base
-            out.max_rss_bytes = max(out.max_rss_bytes, grown)
-            elapsed = time.monotonic() - start
-            if grown > limits.mem_cap_bytes:
-                killed = ("oom", f"memory grew past the {limits.mem_cap_bytes / GB:.3g} GB cap "
-                                 f"({grown / GB:.3g} GB after {elapsed:.1f} s)")
-                break
-            if elapsed > limits.timeout_s:
-                killed = ("timeout", f"exceeded the {limits.timeout_s:g} s time limit")
-                break
-            if not proc.is_alive() and not parent_conn.poll(0):
-                break
-    finally:
-        if killed or final is None:
-            if proc.is_alive():
-                proc.kill()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        parent_conn.close()
-    out.wall_s = time.monotonic() - start
-    if killed:
-        out.status, out.message = killed
-    elif final is None:
-        code = proc.exitcode
-        if code is not None and code < 0:
-            name = _signal_name(-code)
-            if -code == signal.SIGKILL:  # not ours: the kernel's out-of-memory killer
-                out.status = "oom"
-                out.message = "killed by SIGKILL (the kernel's out-of-memory killer?)"
-            else:
-                out.message = f"child process died of {name}"
-        else:
-            out.message = f"child process exited with status {code} without a result"
-    elif final[0] == "done":
-        out.status, out.result = "done", final[1]
-    else:
-        out.status, out.message = final
+        while (out := child.poll(limits.poll_s)) is None:
+            pass
+    except BaseException:
+        child.kill()
+        raise
     return out

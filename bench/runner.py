@@ -8,6 +8,10 @@ reference once (cached as .npy under <results dir>/refs, keyed by a digest of th
 weights and data) and times one plain forward pass. Per case, one child runs the harness.
 After a strategy times out or runs out of memory at one size, its larger sizes on the same
 ladder (quantity, family, NTK mode, strategy, device, dtype) are recorded as skipped.
+
+With `jobs` > 1, that many children run side by side, each pinned to its own CPUs. Their
+untimed work and first calls (JAX compiles: most of a quick sweep's time) overlap, but the
+steady-state timing holds an exclusive lock, so no two cases are ever timed at once.
 """
 from __future__ import annotations
 
@@ -23,17 +27,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from multiprocessing import connection as mp_connection
 from pathlib import Path
 
 import numpy as np
 
 import strategies
 from strategies.problem import Problem
-from strategies.registry import FRAMEWORKS, Strategy, UnknownName, unknown
+from strategies.registry import FRAMEWORKS, Strategy, unknown
 
 from . import harness, store
 from .harness import Timing
-from .isolation import GB, Limits, run_isolated
+from .isolation import GB, Child, Limits, exclusive
 from .problems import FAMILIES, problems
 
 DEVICES = ("cpu", "cuda")
@@ -398,17 +403,41 @@ def _failed_from_rows(rows) -> dict:
     return failed
 
 
+def default_jobs(threads: int) -> int:
+    """Cases run side by side, one per group of `threads` CPUs, at most two: their compile and
+    first-call phases overlap while the timing itself stays exclusive (bench.isolation)."""
+    return max(1, min(2, len(os.sched_getaffinity(0)) // threads))
+
+
+@dataclass
+class _Job:
+    child: Child
+    case: Case | None = None  # None for a problem's reference/forward-pass child
+    key: tuple | None = None
+    info: ProblemInfo | None = None
+
+
 def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | str = "quick",
           timeout_s: float | None = None, mem_cap_gb: float | None = None,
-          threads: int | None = None, resume: bool = False, progress: Progress | None = None,
-          quiet: bool = False) -> Summary:
-    """Run `cases`, appending one row per case to `results`; returns counts by status."""
+          threads: int | None = None, jobs: int | None = None, resume: bool = False,
+          progress: Progress | None = None, quiet: bool = False) -> Summary:
+    """Run `cases`, appending one row per case to `results`; returns counts by status.
+
+    Up to `jobs` children run at once, each on its own `threads` CPUs; the cases of one ladder
+    run in order of size, one at a time, so a timeout or OOM can skip the larger ones.
+    """
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     results = Path(results)
     threads = threads or default_threads()
+    jobs = jobs or default_jobs(threads)
+    cpus = sorted(os.sched_getaffinity(0))
+    if jobs * threads > len(cpus):
+        raise BadInput(f"{jobs} jobs of {threads} threads need {jobs * threads} CPUs; this "
+                       f"process may use {len(cpus)}")
+    slots = [cpus[i * threads:(i + 1) * threads] for i in range(jobs)]
     cap = mem_cap_gb if mem_cap_gb is not None else profile.mem_cap_gb
-    if cap is None:
-        cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB / 2
+    if cap is None:  # half the memory, shared by the jobs
+        cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB / 2 / jobs
     limits = Limits(timeout_s=timeout_s or profile.timeout_s, mem_cap_bytes=int(cap * GB))
     prepare_zygote()
 
@@ -416,68 +445,61 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     refs_dir = results.parent / "refs"
     log = results.parent / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    lock = log.with_suffix(".lock") if jobs > 1 else None
     env = environment(threads)
     summary = Summary(run_id, results, log)
 
     existing = store.read_rows(results) if resume else []
     done = {r["case_id"] for r in existing}
     failed = _failed_from_rows(existing)
-    todo = [c for c in cases if c.case_id not in done]
-    summary.already_done = len(cases) - len(todo)
-    progress = progress or Progress(len(todo), tty=False if quiet else None)
+    pending = [c for c in cases if c.case_id not in done]
+    summary.already_done = len(cases) - len(pending)
+    progress = progress or Progress(len(pending), tty=False if quiet else None)
     infos: dict[tuple, ProblemInfo] = {}
+    running: dict[int, _Job] = {}
     start = time.monotonic()
 
     def note(text: str) -> None:
         with open(log, "a") as fh:
             fh.write(f"== {text}\n")
 
-    def problem_info(case: Case) -> ProblemInfo:
-        key = (case.problem.quantity, case.problem.id, case.device, case.dtype)
-        if key in infos:
-            return infos[key]
-        p = case.problem
+    def problem_key(case: Case) -> tuple:
+        return (case.problem.quantity, case.problem.id, case.device, case.dtype)
+
+    def start_problem(case: Case, slot: int) -> None:
+        p, key = case.problem, problem_key(case)
         info = ProblemInfo(reference_path(refs_dir, p))
 
         def child(send):
-            harness.pin_threads(threads, case.device)
+            harness.pin_threads(threads, case.device, slots[slot])
             if not info.ref_path.exists():
                 save_atomic(info.ref_path, strategies.reference(p))
             send({"reference": "ok"})
-            return {"forward_s": harness.forward_time(p, case.device, case.dtype, threads,
-                                                      profile.timing)}
+            return {"forward_s": harness.forward_time(
+                p, case.device, case.dtype, threads, profile.timing,
+                exclusive=lambda: exclusive(lock, send))}
 
         note(f"reference and forward pass: {p.quantity} {p.id} {case.device} {case.dtype}")
-        out = run_isolated(child, limits, log)
+        running[slot] = _Job(Child(child, limits, log), key=key, info=info)
+
+    def finish_problem(job: _Job, out) -> None:
+        info = job.info
         if out.status == "done":
             info.forward_s = out.result["forward_s"]
         if not info.ref_path.exists():
             info.error = f"reference failed: {out.status}: {out.message}"
-        infos[key] = info
-        return info
+        infos[job.key] = info
 
-    def run_one(case: Case, row: dict) -> None:
-        reason = case.strategy.not_applicable(case.problem)
-        if reason:
-            row.update(status="not_applicable", message=reason)
-            return
-        if case.ladder in failed and case.problem.size_param > failed[case.ladder][0]:
-            scale, size, status = failed[case.ladder]
-            row.update(status="skipped", message=f"not attempted: {status} at the smaller size "
-                                                  f"{size}")
-            return
-        info = problem_info(case)
-        row.update(forward_s=info.forward_s, tolerance=strategies.tolerance(case.dtype))
-        if info.error:
-            row.update(status="error", message=info.error)
-            return
+    def start_case(case: Case, slot: int) -> None:
+        info = infos[problem_key(case)]
 
         def child(send):
-            harness.pin_threads(threads, case.device)
+            harness.pin_threads(threads, case.device, slots[slot])
             harness.start_backend(case.strategy.framework, case.device)
             ref = np.load(info.ref_path)
             out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
-                                   threads, profile.timing, send)
+                                   threads, profile.timing, send,
+                                   exclusive=lambda: exclusive(lock, send))
             if case.device == "cuda":
                 import torch
 
@@ -485,29 +507,94 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             return out
 
         note(case.case_id)
-        out = run_isolated(child, limits, log)
-        if out.status == "done":
-            row.update(out.result)
-            return
-        row.update(out.partial)
-        phase = " while timing" if "first_call_s" in out.partial else ""
-        row.update(status=out.status, message=out.message + phase)
+        progress.begin(case)
+        running[slot] = _Job(Child(child, limits, log), case=case)
+
+    def record(case: Case, row: dict) -> None:
+        if row["status"] in FAILED:  # killed by us, or an allocation that failed inside
+            failed.setdefault(case.ladder, (case.problem.size_param, case.problem.size,
+                                            row["status"]))
+        row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        store.append(results, row)
+        summary.statuses[row["status"]] += 1
+        progress.end(case, row)
+
+    def without_running(case: Case) -> dict | None:
+        """The row of a case that needs no child, or None."""
+        reason = case.strategy.not_applicable(case.problem)
+        if reason:
+            return {"status": "not_applicable", "message": reason}
+        if case.ladder in failed and case.problem.size_param > failed[case.ladder][0]:
+            _, size, status = failed[case.ladder]
+            return {"status": "skipped",
+                    "message": f"not attempted: {status} at the smaller size {size}"}
+        info = infos.get(problem_key(case))
+        if info is not None and info.error:
+            return {"status": "error", "message": info.error, "forward_s": info.forward_s,
+                    "tolerance": strategies.tolerance(case.dtype)}
+        return None
+
+    def fill(slot: int) -> bool:
+        """Start the first case that may start on `slot` (recording the ones that need no
+        child on the way); False when none can start now."""
+        busy = {job.case.ladder for job in running.values() if job.case}
+        loading = {job.key for job in running.values() if job.case is None}
+        i = 0
+        while i < len(pending):
+            case = pending[i]
+            if case.ladder in busy:  # an earlier size of this ladder is running or waiting
+                i += 1
+                continue
+            row = without_running(case)
+            if row is not None:
+                pending.pop(i)
+                record(case, {**_row_base(case, env, run_id), **row})
+                continue
+            key = problem_key(case)
+            if key not in infos:
+                if key in loading:
+                    busy.add(case.ladder)
+                    i += 1
+                    continue
+                start_problem(case, slot)
+                return True
+            pending.pop(i)
+            start_case(case, slot)
+            return True
+        return False
 
     try:
-        for case in todo:
-            progress.begin(case)
-            row = _row_base(case, env, run_id)
-            run_one(case, row)
-            if row["status"] in FAILED:  # killed by us, or an allocation that failed inside
-                failed.setdefault(case.ladder, (case.problem.size_param, case.problem.size,
-                                                row["status"]))
-            row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            store.append(results, row)
-            summary.statuses[row["status"]] += 1
-            progress.end(case, row)
+        while pending or running:
+            for slot in range(jobs):
+                if slot not in running:
+                    fill(slot)
+            if not running:
+                continue  # what was left needed no child
+            mp_connection.wait([job.child.conn for job in running.values()], limits.poll_s)
+            for slot, job in list(running.items()):
+                out = job.child.poll()
+                if out is None:
+                    continue
+                del running[slot]
+                if job.case is None:
+                    finish_problem(job, out)
+                    continue
+                case = job.case
+                row = _row_base(case, env, run_id)
+                info = infos[problem_key(case)]
+                row.update(forward_s=info.forward_s, tolerance=strategies.tolerance(case.dtype))
+                if out.status == "done":
+                    row.update(out.result)
+                else:
+                    row.update(out.partial)
+                    phase = " while timing" if "first_call_s" in out.partial else ""
+                    row.update(status=out.status, message=out.message + phase)
+                record(case, row)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        for job in running.values():
+            job.child.kill()
         progress.close()
         summary.elapsed_s = time.monotonic() - start
     return summary

@@ -15,6 +15,8 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from bench import store
+
 from . import figures
 from . import summary as S
 
@@ -31,9 +33,8 @@ SUMMARY_COLUMNS = [
     ("vs slowest", "speed-up over the slowest exact ok strategy (named in the tooltip)", True),
     ("Baseline", S.BASELINE_RULE, False),
     ("vs baseline", "speed-up of the fastest over the baseline", True),
-    ("Runner-up", "the second fastest exact ok strategy, and how much slower it is", False),
-    ("ok / all", "strategies with status ok / strategies run on this problem", True),
-    ("Not ok", "statuses other than ok on this problem", False),
+    ("Statuses", "exact strategies with status ok, of all strategies run on this problem; "
+                 "then the other statuses", True),
 ]
 RESULT_COLUMNS = [
     ("Quantity", "", False), ("Problem", "", False), ("Scale", "", True),
@@ -51,12 +52,10 @@ def load(results) -> pd.DataFrame:
     torn last line and keeps the newest row of each case."""
     if isinstance(results, pd.DataFrame):
         return results
-    from bench.store import load as store_load
-
     path = Path(results)
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
-    return store_load(path)
+    return store.load(path)
 
 
 # ------------------------------------------------------------------------------ cells
@@ -89,7 +88,9 @@ def summary_rows(table: pd.DataFrame) -> list[dict]:
                  _cell(S._fmt_int(r.scale), _f(r.scale))]
         if has:
             cells += [
-                _cell(r.best, cls="best"),
+                _cell(r.best, cls="best",
+                      title=f"runner-up: {r.runner_up}, {S.fmt_ratio(_f(r.runner_up_ratio))} "
+                            f"slower" if isinstance(r.runner_up, str) else "the only one"),
                 _cell(S.fmt_time(_f(r.best_s)), _f(r.best_s),
                       title=f"IQR {S.fmt_time(_f(r.best_iqr_s))}; first call "
                             f"{S.fmt_time(_f(r.best_first_call_s))}"),
@@ -118,14 +119,8 @@ def summary_rows(table: pd.DataFrame) -> list[dict]:
                                "fail", base_title))
         else:
             cells.append(_cell("\u2013", ""))
-        if isinstance(r.runner_up, str):
-            cells.append(_cell(f"{r.runner_up} ({S.fmt_ratio(_f(r.runner_up_ratio))} slower)",
-                               _f(r.runner_up_ratio), "wrap",
-                               f"{S.fmt_ratio(_f(r.runner_up_ratio))} slower than the fastest"))
-        else:
-            cells.append(_cell("\u2013", ""))
-        cells.append(_cell(f"{r.ok} / {r.strategies}", r.ok))
-        cells.append(_cell(r.not_ok or "", cls="fail wrap" if r.not_ok else ""))
+        text = f"{r.ok} of {r.strategies} ok" + (f"; {r.not_ok}" if r.not_ok else "")
+        cells.append(_cell(text, r.ok, "wrap" + (" fail" if r.not_ok else "")))
         rows.append({"cls": "" if has else "row-failed", "cells": cells})
     return rows
 
@@ -163,6 +158,31 @@ def not_applicable_rows(df: pd.DataFrame) -> list[dict]:
     return out
 
 
+def agreement_table(df: pd.DataFrame, quantity: str) -> tuple[list[dict], list[dict]]:
+    """Columns (grouped by problem family) and rows of one quantity's max-error grid."""
+    cols, agree = S.agreement(df, quantity)
+    rows = []
+    for a in agree:
+        cells = [_cell(a["strategy"] + ("" if a["exact"] else " \u2248"),
+                       title="" if a["exact"] else
+                       "approximate: judged by a finite error, not the tolerance")]
+        cells += [_cell(c["text"], c["sort"], f"ag ag-{c['cls']}", c["title"])
+                  for c in a["cells"]]
+        cells.append(_cell(a["worst_text"], _f(a["worst"])))
+        cells.append(_cell(str(a["flagged"]) if a["flagged"] else "", a["flagged"],
+                           "disagrees" if a["flagged"] else ""))
+        rows.append({"cls": "row-disagrees" if a["flagged"] else "", "cells": cells})
+    groups = [c.split("@", 1)[0] for c in cols]
+    columns = ([{"name": "Strategy", "title": "", "num": False}]
+               + [{"name": _breakable(c.split("@", 1)[-1]), "title": c, "num": True, "group": g,
+                   # the first column of a family carries the family's header and its width
+                   "span": groups.count(g) if i == groups.index(g) else 0}
+                  for i, (c, g) in enumerate(zip(cols, groups))]
+               + [{"name": "Worst", "title": "largest error over the problems", "num": True},
+                  {"name": "\u2717", "title": "number of disagreeing problems", "num": True}])
+    return columns, rows
+
+
 def _columns(spec):
     return [{"name": n, "title": t, "num": num} for n, t, num in spec]
 
@@ -178,6 +198,7 @@ def build_report(results, out_path, seeds_path=None) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     table = S.summary_table(df) if len(df) else pd.DataFrame(columns=S.GROUP)
+    recs = S.recommendations(table) if len(table) else []
     quantities = sorted(df["quantity"].dropna().unique())
     settings = sorted(df["setting"].unique())
     sections = []
@@ -192,30 +213,12 @@ def build_report(results, out_path, seeds_path=None) -> Path:
                 if len(settings) > 1:
                     fig["title"] += f" ({setting})"
                 figs.append(fig)
-        cols, agree = S.agreement(df, q)
-        agree_rows = []
-        for a in agree:
-            cells = [_cell(a["strategy"] + ("" if a["exact"] else " \u2248"),
-                           title="approximate: judged by a finite error, not the tolerance"
-                           if not a["exact"] else "")]
-            cells += [_cell(c["text"], c["sort"], f"ag ag-{c['cls']}", c["title"])
-                      for c in a["cells"]]
-            cells.append(_cell(a["worst_text"], _f(a["worst"])))
-            cells.append(_cell(str(a["flagged"]) if a["flagged"] else "", a["flagged"],
-                               "disagrees" if a["flagged"] else ""))
-            agree_rows.append({"cls": "row-disagrees" if a["flagged"] else "", "cells": cells})
-        agree_cols = ([{"name": "Strategy", "title": "", "num": False}]
-                      + [{"name": _breakable(c.split("@", 1)[-1]), "title": c, "num": True,
-                          "group": c.split("@", 1)[0]} for c in cols]
-                      + [{"name": "Worst", "title": "largest error over the problems", "num": True},
-                         {"name": "\u2717", "title": "number of disagreeing problems",
-                          "num": True}])
+        agree_cols, agree_rows = agreement_table(df, q)
         counts = qdf["status"].value_counts()
-        recs = [r for r in S.recommendations(table[table["quantity"] == q])] if len(table) else []
         sections.append({
             "quantity": q, "anchor": f"q-{q}", "figures": figs,
             "agreement_columns": agree_cols, "agreement_rows": agree_rows,
-            "recommendations": recs,
+            "recommendations": [r for r in recs if r["quantity"] == q],
             "counts": ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in S.STATUSES
                                 if s in counts),
             "strategies": qdf["strategy"].nunique(),
@@ -231,7 +234,7 @@ def build_report(results, out_path, seeds_path=None) -> Path:
         "n_problems": df.drop_duplicates(["quantity", "problem"]).shape[0],
         "n_quantities": len(quantities),
         "status_counts": [(s, int(status_counts[s])) for s in S.STATUSES if s in status_counts],
-        "recommendations": S.recommendations(table) if len(table) else [],
+        "recommendations": recs,
         "summary_columns": _columns(SUMMARY_COLUMNS),
         "summary_rows": summary_rows(table) if len(table) else [],
         "baseline_rule": S.BASELINE_RULE,
@@ -245,7 +248,6 @@ def build_report(results, out_path, seeds_path=None) -> Path:
         "environment": S.environment(df) if len(df) else [],
         "env_columns": list(S.ENV_COLUMNS),
         "all_rows": result_rows(df),
-        "failed_statuses": S.FAILED,
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              autoescape=jinja2.select_autoescape(["html"]),

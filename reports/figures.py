@@ -91,11 +91,9 @@ def _select(sub: pd.DataFrame, metric: str, top_k: int) -> tuple[list[str], list
 
 def _fmt_scale(v: float) -> str:
     v = float(v)
-    if v >= 10000 and v == int(v):
-        e = int(np.floor(np.log10(v)))
-        m = v / 10 ** e
-        return f"{m:g}e{e}" if m != 1 else f"1e{e}"
-    return f"{v:g}"
+    if v >= 1e6:
+        return f"{v:.3g}"
+    return f"{v:,.0f}" if v == int(v) else f"{v:g}"
 
 
 def _decade(lo: float, hi: float) -> tuple[float, float]:
@@ -114,10 +112,13 @@ def _fmt_mib(v, _pos=None) -> str:
     return f"{v:g} MiB" if v >= 1 else f"{v * 1024:g} KiB"
 
 
-def _log_axis(axis, fmt) -> None:
-    """Decades as major ticks labelled in units (1 ms, 100 MiB), plus 2 and 5 between them
-    when the range is short; never the 2×10^2 labels of matplotlib's minor ticks."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+def _log_axis(axis, fmt, lo: float, hi: float) -> None:
+    """Major ticks labelled in units (1 ms, 100 MiB): at 1, 2 and 5 per decade over a short
+    range, 1 and 3 over a medium one, decades only beyond; never matplotlib's crowded 2×10^2
+    minor labels."""
+    decades = np.log10(hi / lo)
+    subs = (1.0, 2.0, 5.0) if decades <= 2.2 else (1.0, 3.0) if decades <= 4 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
     axis.set_major_formatter(FuncFormatter(lambda v, _p: fmt(v)))
     axis.set_minor_locator(NullLocator())
     axis.set_minor_formatter(NullFormatter())
@@ -133,8 +134,11 @@ def line_figure(q: pd.DataFrame, metric: str, ylabel: str, top_k: int = TOP_K):
     q = q.assign(value=values.where(values > 0))
     panels = sorted(q["panel"].unique())
     fws = sorted(q["framework"].unique(), key=framework_key)
-    if not q["value"].notna().any() and not q["status"].isin(FAILED).any():
+    if not q["value"].notna().any():  # e.g. no memory measured: failures are in the tables
         return None
+    everything = q.loc[q["status"].eq("ok"), "value"].dropna()
+    if everything.empty:
+        everything = q["value"].dropna()
     _theme()
     colors = method_colors(q["method"])
     fig, axes = plt.subplots(len(panels), len(fws), squeeze=False, sharey="row",
@@ -187,8 +191,14 @@ def line_figure(q: pd.DataFrame, metric: str, ylabel: str, top_k: int = TOP_K):
                     width = min(n - 6 * line, 6)
                     marker, _ = STATUS_MARKERS[r.status]
                     used_status.add(r.status)
+                    # Centred on the size, but kept inside the panel at its two ends.
+                    shift = (col - (width - 1) / 2) * 9
+                    if scale == scales[0] and len(scales) > 1:
+                        shift = col * 9
+                    elif scale == scales[-1] and len(scales) > 1:
+                        shift = -col * 9
                     where = transforms.offset_copy(ax.get_xaxis_transform(), fig=fig,
-                                                   x=(col - (width - 1) / 2) * 9, units="points")
+                                                   x=shift, units="points")
                     ax.plot([scale], [0.93 - 0.09 * line], marker=marker, linestyle="none",
                             color=colors[r.method] if r.strategy in shown else GREY,
                             markeredgecolor="black", markeredgewidth=0.6, markersize=7,
@@ -202,17 +212,19 @@ def line_figure(q: pd.DataFrame, metric: str, ylabel: str, top_k: int = TOP_K):
                 ax.set_xlim(scales[0] / 2, scales[0] * 2)
             else:
                 ax.set_xlim(scales[0] / 1.4, scales[-1] * 1.4)
-            _log_axis(ax.yaxis, fmt_time if metric == "median_s" else _fmt_mib)
             ax.set_xlabel(xname)
             ax.set_ylabel(ylabel if j == 0 else "")
             ax.set_title(title)
             ax.grid(True, which="major", alpha=0.5)
         good = prow.loc[prow["status"].eq("ok"), "value"].dropna()
-        if len(good):
-            lo, hi = _decade(good.min(), good.max())
-            if row_failures:  # room for the failure strip: the top fifth of the panel
-                hi = hi * (hi / lo) ** 0.3
-            axes[i][0].set_ylim(lo, hi)
+        if good.empty:  # only failures in this row: the whole figure's range
+            good = everything
+        lo, hi = _decade(good.min(), good.max())
+        if row_failures:  # room for the failure strip: the top fifth of the panel
+            hi = hi * (hi / lo) ** 0.3
+        axes[i][0].set_ylim(lo, hi)
+        for ax in axes[i]:
+            _log_axis(ax.yaxis, fmt_time if metric == "median_s" else _fmt_mib, lo, hi)
     handles = [Line2D([], [], color=colors[m], linewidth=2, label=m) for m in sorted(used_methods)]
     if any_other:
         handles.append(Line2D([], [], color=GREY, linewidth=0.8, label="others (named below)"))
@@ -300,8 +312,9 @@ def ranking_figure(q: pd.DataFrame):
         for ax, fmt in ((ax_rel, lambda v: f"{v:g}\u00d7"), (ax_fc, fmt_time)):
             xs = [x for line in ax.lines for x in line.get_xdata() if x > 0]
             if xs:
-                ax.set_xlim(*_decade(min(xs), max(xs)))
-            _log_axis(ax.xaxis, fmt)
+                lo, hi = _decade(min(xs), max(xs))
+                ax.set_xlim(lo, hi)
+                _log_axis(ax.xaxis, fmt, lo, hi)
         for ax in (ax_rel, ax_fc):
             if not ax.lines:
                 ax.text(0.5, 0.5, "no finished strategy", ha="center", va="center",
@@ -328,8 +341,10 @@ def quantity_figures(q: pd.DataFrame) -> list[dict]:
                              "problem family, torch and JAX side by side on the same y axis. "
                              f"The {TOP_K} strategies reaching the largest size fastest are "
                              "drawn in colour, plus the baseline and up to two that failed; "
-                             "the others are faint grey lines, named below. Markers along the "
-                             "top of a panel are failures at that size."})
+                             "the others are faint grey lines, named below. Markers in a strip "
+                             "along the top of a panel are failures at that size, in the "
+                             "strategy's colour, or grey when it has no line in the panel; the "
+                             "Failures section names them."})
     m = line_figure(q, "peak_mem_bytes", "peak memory (MiB)")
     if m:
         out.append({"title": "Peak memory against size", "img": m[0], "left_out": m[1],

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# Statuses, in the order tables list them. FAILED are failures to produce a timed answer;
-# `disagrees` produced a wrong one; `not_applicable` was never attempted by design.
-STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "skipped", "not_applicable")
+from bench import store
+
+# FAILED are failures to produce a timed answer; `disagrees` produced a wrong one;
+# `not_applicable` was never attempted, by design.
+STATUSES = store.STATUSES
 FAILED = ("error", "timeout", "oom", "skipped")
-FRAMEWORK_ORDER = ("torch", "jax", "backpack", "curvlinops")
+FRAMEWORK_ORDER = ("torch", "jax", "backpack", "curvlinops")  # display order; others last
 
 # The naive baseline of a problem: the first pattern with a matching strategy name wins;
 # among several matches a torch strategy, then the shortest name, then the alphabetically
@@ -32,8 +34,7 @@ BASELINE_RULE = ("The naive baseline of a problem is the strategy whose name con
 
 NUMERIC = ("scale", "params", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
            "peak_mem_bytes", "max_error", "tolerance", "threads")
-ENV_COLUMNS = ("torch_version", "jax_version", "numpy_version", "python_version", "cpu", "gpu",
-               "threads", "commit", "hostname")
+ENV_COLUMNS = tuple(c for c in store.ENV_COLUMNS if c != "timestamp")
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -566,9 +567,9 @@ def _seed003(df, c: Claim) -> None:
         what = q + (f"[{mode}]" if mode else "")
         good = _ok_exact(at)
         failed = at[at["status"].isin(FAILED)]
-        fail_text = (f"; failed there: " + ", ".join(f"{r.strategy} ({r.status})"
-                                                       for r in failed.itertuples())
-                     if len(failed) else "; none ran out of memory or time")
+        fail_text = ("; failed there: " + ", ".join(f"{r.strategy} ({r.status})"
+                                                      for r in failed.itertuples())
+                     if len(failed) else "; none failed there")
         if good.empty:
             c.evidence.append(f"{what} at {at['problem'].iloc[0]}: no exact strategy finished"
                               + fail_text)

@@ -14,7 +14,8 @@ layer's NTK term then comes from its own rule:
   "grads" forms the layer's per-sample weight gradients G[o,i]^T P[i] (BackPACK's BatchGrad,
   B m C K numbers, small for conv weights) and contracts them, O(B m T C K + B1 B2 m_e C K);
   m_e is m*m for mode full and m for trace and diagonal. Dense layers take "gram" (T = 1),
-  convolutions over large images take "grads".
+  convolutions over large images take "grads". A dense output layer skips G1 G2^T: its
+  cotangents are the unit vectors.
 - Eval-mode batch norm (any _BatchNorm with running statistics): per-sample gradients
   gamma: sum over positions of g * x_hat, beta: sum of g; then contracted.
 - Parameter-free layers (activations, pooling, flatten) need no rule: autograd passes the
@@ -169,9 +170,9 @@ def _add_gram(out, P1, G1, P2, G2, bias: bool, mode: str) -> None:
         A = P1[:, 0] @ P2[:, 0].T + float(bias)  # (B1, B2)
         g1, g2 = G1[:, :, 0], G2[:, :, 0]  # (m, B, C)
         m, (b1, b2) = g1.shape[0], A.shape
-        if mode == "full":  # addcmul_ fuses the product into the sum, no (B1, B2, m, m) temporary
-            GG = g1.reshape(m * b1, -1) @ g2.reshape(m * b2, -1).T
-            out.addcmul_(A[:, :, None, None], GG.view(m, b1, m, b2).permute(1, 3, 0, 2))
+        if mode == "full":  # into out's (B1, m, B2, m) storage, the layout of this product
+            GG = g1.transpose(0, 1).reshape(b1 * m, -1) @ g2.transpose(0, 1).reshape(b2 * m, -1).T
+            out.permute(0, 2, 1, 3).addcmul_(A[:, None, :, None], GG.view(b1, m, b2, m))
         elif mode == "trace":
             flat1, flat2 = g1.transpose(0, 1).reshape(b1, -1), g2.transpose(0, 1).reshape(b2, -1)
             out.addcmul_(A, flat1 @ flat2.T)
@@ -236,8 +237,24 @@ def _unrolls(model, layers, x) -> bool:
 
 
 def _zeros(x1, x2, m: int, mode: str) -> torch.Tensor:
+    """The result, indexed (B1, B2, m[, m]); in full mode stored as (B1, m, B2, m), the layout
+    the dense layers' products come out in, so they accumulate without strided passes."""
     B1, B2 = x1.shape[0], x2.shape[0]
-    return x1.new_zeros({"full": (B1, B2, m, m), "trace": (B1, B2), "diagonal": (B1, B2, m)}[mode])
+    if mode == "full":
+        return x1.new_zeros(B1, m, B2, m).permute(0, 2, 1, 3)
+    return x1.new_zeros((B1, B2) if mode == "trace" else (B1, B2, m))
+
+
+def _add_output_layer(out, P1, P2, bias: bool, m: int, mode: str) -> None:
+    """out += the term of a dense layer whose outputs are the network's: its cotangents are the
+    unit vectors, so (G1 G2^T)[i, o, j, o'] = 1{o = o'} and only (P1 P2^T + 1) is computed."""
+    A = P1[:, 0] @ P2[:, 0].T + float(bias)
+    if mode == "full":
+        out.diagonal(dim1=2, dim2=3).add_(A[:, :, None])
+    elif mode == "trace":
+        out.add_(A, alpha=m)
+    else:
+        out.add_(A[:, :, None])
 
 
 # ------------------------------------------------------------------------------ the NTK
@@ -283,6 +300,9 @@ def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
     a2, g2 = (a1, g1) if x2 is x1 else ([t[B1:] for t in a], [t[:, B1:] for t in g])
     m = g1[0].shape[0]
     out = _zeros(x1, x2, m, mode)
+    last = len(layers) - 1  # the output layer, up to trailing reshapes
+    while last > 0 and type(layers[last]) in (nn.Flatten, nn.Identity):
+        last -= 1
     for k, (idx, rule) in enumerate(entries):
         layer = layers[idx]
         if rule == "patches":
@@ -290,7 +310,9 @@ def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
             P1, G1 = _patches(layer, a1[k], g1[k])
             P2, G2 = _patches(layer, a2[k], g2[k])
             T, K, C = P1.shape[1], P1.shape[2], G1.shape[3]
-            if _gram_is_cheaper(B1, B2, T, K, C, m, mode):
+            if idx == last and T == 1 and C == m:
+                _add_output_layer(out, P1, P2, bias, m, mode)
+            elif _gram_is_cheaper(B1, B2, T, K, C, m, mode):
                 _add_gram(out, P1, G1, P2, G2, bias, mode)
             else:
                 out += contract_ntk(_patch_grads(P1, G1, bias), _patch_grads(P2, G2, bias), mode)
@@ -301,7 +323,7 @@ def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
             j1 = _layer_jacobian(layer, a1[k], g1[k])
             j2 = j1 if x2 is x1 else _layer_jacobian(layer, a2[k], g2[k])
             out += contract_ntk(j1, j2, mode)
-    return out
+    return out.contiguous()
 
 
 @register("ntk", "torch.structured")

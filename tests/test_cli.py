@@ -157,6 +157,7 @@ def test_kill_9_mid_sweep_then_resume_loses_and_doubles_nothing(tmp_path):
     (["run", "--profile", "fast"], "choose from 'quick', 'full', 'test'"),
     (["run", "--timeout", "0"], "must be positive"),
     (["run", "--mem-cap", "lots"], "is not a number"),
+    (["run", "--jobs", "999"], "needs 999 CPUs; this process may use"),
     (["frobnicate"], "choose from 'list', 'run', 'report'"),
     ([], "required: {list,run,report}"),
     (["report", "no/such/results.jsonl"], "does not exist"),

@@ -16,7 +16,7 @@ import torch
 import strategies
 from bench import harness
 from bench.harness import PeakMemory, Timing, classify, force, measure, one_line, run_case
-from bench.isolation import Limits, run_isolated
+from bench.isolation import Child, Limits, exclusive, run_isolated
 from conftest import reference_for, test_problem
 from strategies.registry import Strategy, always
 
@@ -235,3 +235,25 @@ def test_isolated_children_write_their_output_to_the_log(tmp_path):
         return 1
     assert run_isolated(fn, LIMITS, log_path=log).result == 1
     assert log.read_text() == "hello from the child\nand from its stderr\n"
+
+
+def test_exclusive_phases_never_overlap_and_waiting_for_them_is_not_timed(tmp_path):
+    lock = tmp_path / "timing.lock"
+
+    def fn(send):
+        with exclusive(lock, send):
+            start = time.time()
+            time.sleep(0.6)
+            return start, time.time()
+    # The second child waits ~0.6 s, then holds the lock 0.6 s: over the limit if the wait
+    # counted.
+    limits = Limits(timeout_s=0.9, mem_cap_bytes=100 * 2 ** 20, poll_s=0.02)
+    children = [Child(fn, limits), Child(fn, limits)]
+    outs = [None, None]
+    while None in outs:
+        for i, child in enumerate(children):
+            if outs[i] is None:
+                outs[i] = child.poll(0.01)
+    assert [o.status for o in outs] == ["done", "done"], [o.message for o in outs]
+    (_, end1), (start2, _) = sorted(o.result for o in outs)
+    assert end1 <= start2

@@ -63,6 +63,7 @@ def test_a_torn_last_line_is_skipped_and_the_next_append_starts_afresh(tmp_path)
         assert store.done_case_ids(path) == {_row(i)["case_id"] for i in (0, 1, 3)}
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded")  # Python 3.12+
 def test_concurrent_writers_never_interleave(tmp_path):
     path = tmp_path / "r.jsonl"
     pids = []
