@@ -196,6 +196,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                       for q in ("jacobian", "cross_jacobian")},
             "full": {q: _sizes("m", [1, 64, 1024], n=64, width=128)
                      for q in ("jacobian", "cross_jacobian")}}),
+    Family("ntk_targets", "issue 7 targets: tanh MLP 32->W->W->10, B1 = B2 = batch",
+           _mlp,
+           {"test": {"ntk": [{"n": 5, "width": 6, "m": 3, "B1": 4, "B2": 4, "scale": 6}]},
+            "full": {"ntk": [{"n": 32, "width": w, "m": 10, "B1": b, "B2": b, "scale": w}
+                             for w, b in ((256, 64), (512, 128), (1024, 64))]}}),
     Family("mlp_batch", "tanh MLP 16->64->64->4, batch sweep",
            _mlp,
            {"test": {"ntk": [{"n": 4, "width": 5, "m": 3, "B1": 2, "B2": 3, "scale": 3}]},

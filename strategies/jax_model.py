@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,32 +39,8 @@ except ImportError as exc:  # the registry still lists JAX strategies, as not ap
 _PRECISION = "highest"
 
 
-# ---------------------------------------------------------------- environment
-def xla_thread_flags(n: int) -> str:
-    """XLA_FLAGS for a run pinned to `n` CPU threads; set before JAX initialises its backend.
-
-    With jaxlib 0.10.2 the flag below is accepted but does not pin: XLA's CPU runtime sizes its
-    intra-op pool from the CPUs the process may run on, so a 2000x2000 matmul still used both
-    cores. Pinning needs CPU affinity as well: see `pin_cpu_threads`. (The old recipe's
-    `intra_op_parallelism_threads=1` token is not an XLA flag; prefixed with `--` it aborts
-    the process with "Unknown flag in XLA_FLAGS", so it is left out.)
-    """
-    if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
-    return "--xla_cpu_multi_thread_eigen=false" if n == 1 else ""
-
-
-def pin_cpu_threads(n: int) -> set[int]:
-    """Restrict this process to `n` of its allowed CPUs (Linux affinity) and return them.
-
-    This is what actually bounds XLA's CPU threads; it must run before JAX creates its CPU
-    backend, and it also bounds torch, so both frameworks get the same pinning."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if n > len(allowed):
-        raise ValueError(f"asked for {n} CPUs, only {len(allowed)} allowed: {allowed}")
-    cpus = set(allowed[:n])
-    os.sched_setaffinity(0, cpus)
-    return cpus
+# Thread pinning for JAX and torch alike is bench.harness.pin_threads: with jaxlib 0.10.2 the
+# XLA flag alone does not pin (XLA sizes its pool from the CPU affinity mask), so it sets both.
 
 
 def jax_dtype(dtype) -> np.dtype:

@@ -46,15 +46,25 @@ def _param_jac(v: TorchView, X) -> torch.Tensor:
     return v.flat(blocks, lead=2)
 
 
+# Bound on the float64 elements of one per-sample Jacobian block the references hold at once
+# (~256 MiB), so the issue-7 NTK targets (width 1024, batch 64) stay checkable on 24 GiB.
+_BLOCK = 2 ** 25
+
+
 def _ntk(v: TorchView, X1, X2, mode: str) -> torch.Tensor:
     """Sum over parameter tensors and sample chunks of J1 J2^T, never holding all of J at once."""
     out = None
     for name in v.params:
         def one(p, x, name=name):
             return v.fp({**v.params, name: p}, x[None])[0]
-        j1 = vmap(jacrev(one), in_dims=(None, 0))(v.params[name], X1).flatten(2)
-        j2 = vmap(jacrev(one), in_dims=(None, 0))(v.params[name], X2).flatten(2)
-        term = contract_ntk(j1, j2, mode)
+        jac = vmap(jacrev(one), in_dims=(None, 0))
+        c = max(1, _BLOCK // (v.params[name].numel() * _m(v.problem)))
+        rows = []
+        for a in range(0, len(X1), c):
+            j1 = jac(v.params[name], X1[a:a + c]).flatten(2)
+            rows.append(torch.cat([contract_ntk(j1, jac(v.params[name], X2[b:b + c]).flatten(2),
+                                                mode) for b in range(0, len(X2), c)], dim=1))
+        term = torch.cat(rows)
         out = term if out is None else out + term
     return out
 
@@ -79,7 +89,9 @@ def _phi_one(v: TorchView):
 
 
 def _jac_diag(v: TorchView, x):
-    J = jacrev(v.fd)(x)  # (N, k, N)
+    # Every row of the dense Jacobian, in chunks: one vmapped backward over all N*k cotangents
+    # holds N*k copies of every activation (12 GB at seed 002's N = 100, m = 400).
+    J = jacrev(v.fd, chunk_size=64)(x)  # (N, k, N)
     return torch.diagonal(J, dim1=0, dim2=2).T  # (N, k)
 
 

@@ -14,7 +14,7 @@ import strategies
 from bench.problems import problems
 from conftest import cases, reference_for
 from strategies.agreement import max_error, tolerance
-from strategies.jax_model import JAX_MISSING, jax_gpu_available, jax_view, xla_thread_flags
+from strategies.jax_model import JAX_MISSING, jax_gpu_available, jax_view
 from strategies.torch_model import torch_view
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,16 +172,15 @@ def _python(code: str, **env):
 
 @needs_jax
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
-def test_thread_flags_are_accepted_and_affinity_pins():
+def test_thread_pinning_is_accepted_by_xla_and_pins():
     """XLA aborts on unknown flags in XLA_FLAGS, so a run that computes proves them valid."""
     out = _python("import os\n"
-                  "from strategies.jax_model import pin_cpu_threads\n"
-                  "cpus = pin_cpu_threads(1)\n"
+                  "from bench.harness import pin_threads\n"
+                  "pin_threads(1)\n"
                   "import jax.numpy as jnp\n"
-                  "print(float((jnp.ones((64, 64)) @ jnp.ones(64)).sum()), len(os.sched_getaffinity(0)))",
-                  XLA_FLAGS=xla_thread_flags(1))
-    assert out.split() == ["4096.0", "1"]
-    assert xla_thread_flags(2) == "" and "--xla_cpu_multi_thread_eigen=false" in xla_thread_flags(1)
+                  "print(float((jnp.ones((64, 64)) @ jnp.ones(64)).sum()), len(os.sched_getaffinity(0)),"
+                  " 'eigen=false' in os.environ['XLA_FLAGS'])")
+    assert out.split() == ["4096.0", "1", "True"]
 
 
 def test_without_jax_the_strategies_stay_registered_and_say_why():
