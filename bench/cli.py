@@ -62,6 +62,7 @@ def _parser() -> _Parser:
     run.add_argument("--problem", action="append", help="problem family name(s)")
     run.add_argument("--size", action="append", help="size label (B=256,width=64) or scale")
     run.add_argument("--framework", action="append", help="framework(s): torch, jax, ...")
+    run.add_argument("--mode", action="append", help="ntk mode(s): full, trace, diagonal")
     run.add_argument("--device", default="cpu", choices=list(DEVICES))
     run.add_argument("--dtype", choices=list(DTYPES), help="default: the profile's (float32)")
     run.add_argument("--results", type=Path, default=DEFAULT_PATH, help="JSON Lines file")
@@ -127,7 +128,7 @@ def _cmd_run(args) -> int:
         raise BadInput(f"--threads {args.threads or 1} x --jobs {args.jobs or 1} needs {need} "
                        f"CPUs; this process may use {cpus}")
     cases = select_cases(args.profile, args.quantity, args.strategy, args.problem, args.size,
-                         args.framework, args.device, args.dtype)
+                         args.framework, args.device, args.dtype, args.mode)
     summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
                     mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
                     resume=args.resume,

@@ -34,6 +34,7 @@ import numpy as np
 
 import strategies
 from strategies.problem import Problem
+from strategies.quantities import NTK_MODES
 from strategies.registry import FRAMEWORKS, Strategy, unknown
 
 from . import harness, store
@@ -134,7 +135,7 @@ def _size_matches(p: Problem, size: str) -> bool:
 
 def select_cases(profile: Profile | str = "quick", quantities=None, strategy_names=None,
                  families=None, sizes=None, frameworks=None, device: str = "cpu",
-                 dtype: str | None = None) -> list[Case]:
+                 dtype: str | None = None, modes=None) -> list[Case]:
     """The cases of a profile, narrowed by the filters (names, or comma-separated lists).
 
     Raises UnknownName (with close matches) or BadInput for anything that selects nothing.
@@ -162,10 +163,15 @@ def select_cases(profile: Profile | str = "quick", quantities=None, strategy_nam
         if f not in FAMILIES:
             raise unknown("problem family", f, FAMILIES)
     sizes = _names(sizes)
+    modes = _names(modes)
+    for m in modes:
+        if m not in NTK_MODES:
+            raise unknown("ntk mode", m, NTK_MODES)
 
     family_order = {name: i for i, name in enumerate(FAMILIES)}
     probs = [p for p in problems(ladder=profile.ladder)
-             if (not quantities or p.quantity in quantities) and (not fams or p.family in fams)]
+             if (not quantities or p.quantity in quantities) and (not fams or p.family in fams)
+             and (not modes or p.mode is None or p.mode in modes)]
     if not probs:
         having = sorted({p.family for q in (quantities or [None])
                          for p in problems(q, profile.ladder)})
