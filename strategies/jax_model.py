@@ -243,7 +243,7 @@ def _jax_applies(rule):
     return applies
 
 
-def _prepare(compute: Callable, jit: bool) -> Callable:
+def _prepare(compute: Callable, jit: bool, notes: Callable | None = None) -> Callable:
     def prepare(problem, device="cpu", dtype=None, **options):
         if JAX_MISSING:
             raise RuntimeError(JAX_MISSING)
@@ -260,18 +260,22 @@ def _prepare(compute: Callable, jit: bool) -> Callable:
         def run():
             with scope(dt, dev):
                 return fn(*arrays)
+        if notes is not None:
+            run.notes = notes(problem)
         return run
     return prepare
 
 
-def register_jax(quantity: str, name: str, *, exact: bool = True, applies=always, **options):
+def register_jax(quantity: str, name: str, *, exact: bool = True, applies=always,
+                 notes: Callable | None = None, **options):
     """Register `compute(view, **options) -> array` twice: "jax.<name>" runs it eagerly (op by
-    op) and "jax.<name>_jit" under jax.jit. Its docstring (idea and cost) is shared."""
+    op) and "jax.<name>_jit" under jax.jit. Its docstring (idea and cost) is shared.
+    `notes(problem) -> list[str]`, when given, becomes the prepared callable's `.notes`."""
     def deco(compute: Callable) -> Callable:
         doc = " ".join((compute.__doc__ or "").split())
         for jit, suffix, note in ((False, "", "Eager (un-jitted)."),
                                   (True, "_jit", "Jitted; the first call compiles.")):
-            prepare = _prepare(compute, jit)
+            prepare = _prepare(compute, jit, notes)
             prepare.__doc__ = f"{doc} {note}" if doc else ""
             prepare.__name__ = f"prepare_{quantity}_{name}{suffix}"
             register(quantity, f"jax.{name}{suffix}", exact=exact,

@@ -1,7 +1,7 @@
-"""torch.structured: the structured-derivative NTK agrees with the float64 reference on every
-NTK test problem and mode, takes both of its conv routes correctly, handles the layouts the
-rules cover (wrappers, nested Sequentials, Linear on (B, T, K) inputs, strided and padded
-convolutions), and falls back, reporting it, for parameters the rules do not cover."""
+"""torch.structured and jax.structured: the structured-derivative NTK agrees with the float64
+reference on every NTK test problem and mode, takes both of its conv routes correctly, handles
+the layouts the rules cover (wrappers, nested Sequentials, Linear on (B, T, K) inputs, strided
+and padded convolutions), and falls back, reporting it, for parameters the rules do not cover."""
 import pytest
 import torch
 from torch import nn
@@ -9,13 +9,16 @@ from torch import nn
 import strategies
 from bench.problems import problems
 from conftest import assert_agrees
-from strategies import torch_structured
+from strategies import jax_structured, torch_structured
 from strategies.agreement import max_error, tolerance
+from strategies.jax_model import JAX_MISSING
 from strategies.quantities import NTK_MODES, _ntk
 from strategies.torch_model import TorchView
 from strategies.torch_structured import StructuredFallback, ntk_structured
 
 STRUCTURED = strategies.get("ntk", "torch.structured")
+JAX_EAGER, JAX_JIT = (strategies.get("ntk", n) for n in ("jax.structured", "jax.structured_jit"))
+needs_jax = pytest.mark.skipif(JAX_MISSING is not None, reason=str(JAX_MISSING))
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -25,12 +28,43 @@ def test_agrees_with_reference_on_every_ntk_test_problem(problem, dtype):
     assert STRUCTURED.prepare(problem, "cpu", dtype).notes == []  # suite models need no fallback
 
 
+@needs_jax
+@pytest.mark.parametrize("problem", problems("ntk", "test"), ids=lambda p: p.id)
+def test_jax_structured_eager_agrees_in_float32(problem):
+    """test_jax checks every JAX strategy against the reference: jitted in float64 and float32,
+    eager in float64. This adds the eager float32 runs, so jax.structured is checked in both
+    variants and both dtypes on every NTK test problem and mode."""
+    run = JAX_EAGER.prepare(problem, "cpu", "float32")
+    assert run.notes == []  # suite models need no fallback
+    assert_agrees(JAX_EAGER, problem, "float32")
+
+
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
-def test_both_patch_routes_agree(monkeypatch, gram):
-    """The cost model picks one route per layer; force each everywhere, conv layers included."""
+@pytest.mark.parametrize("strategy", [STRUCTURED, pytest.param(JAX_JIT, marks=needs_jax)],
+                         ids=lambda s: s.name)
+def test_both_patch_routes_agree(monkeypatch, strategy, gram):
+    """The cost model picks one route per layer; force each everywhere, conv layers included.
+    jax.structured looks the same estimate up in torch_structured, at trace time."""
     monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
     for problem in problems("ntk", "test"):
-        assert_agrees(STRUCTURED, problem, "float64")
+        assert_agrees(strategy, problem, "float64")
+
+
+@needs_jax
+@pytest.mark.parametrize("rules", [{"linear": "patches"}, {}], ids=["conv-and-bn", "every-layer"])
+def test_jax_layers_without_a_rule_fall_back_and_say_so(monkeypatch, rules):
+    """Every layer kind of the suite has a rule, so the fallback is exercised by taking rules
+    away: the layers left without one are computed by per-sample Jacobians of their own
+    parameters, agree with the reference, and are reported by warning and by `.notes`."""
+    monkeypatch.setattr(jax_structured, "RULES", rules)
+    problem = problems("ntk", "test", "seed003_convnet")[0]
+    uncovered = [f"layer {i} ({layer.kind})" for i, layer in enumerate(problem.spec.layers)
+                 if layer.params and layer.kind not in rules]
+    for strategy in (JAX_EAGER, JAX_JIT):
+        with pytest.warns(torch_structured.StructuredFallback, match="no structured rule"):
+            assert_agrees(strategy, problem, "float64")
+        notes = strategy.prepare(problem, "cpu", "float64").notes
+        assert [n.split(" has")[0] for n in notes] == [f"fallback: {u}" for u in uncovered]
 
 
 def _reference(model, x1, x2, mode):
