@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.jacbench-installed
 
-.PHONY: test bench setup clean
+.PHONY: test bench setup clean pybench asv-machine asv-quick asv asv-history asv-compare asv-publish
 
 setup: $(STAMP)
 
@@ -25,6 +25,55 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m bench run --profile quick --device cpu --results $(RESULTS) $(BENCH_ARGS)
 	$(PY) -m bench report $(RESULTS) --out reports/out/index.html
+
+# pytest-benchmark over the asv suites' cases (tests/test_pybench.py), one group per quantity;
+# `make test` runs the same file with benchmarking off. JSON goes to .benchmarks/ (autosave).
+PYBENCH_ARGS ?= --benchmark-max-time=0.5
+pybench: $(STAMP)
+	$(PY) -m pytest tests/test_pybench.py -q --benchmark-enable \
+		--benchmark-autosave --benchmark-columns=min,median,iqr,rounds \
+		--benchmark-sort=name $(PYBENCH_ARGS)
+
+# asv: history tracking of the same cases (bench/asv_suites, asv.conf.json; README section
+# "History tracking"). Every target runs in this .venv (--python=same): no per-commit builds.
+ASV         := $(PY) -m asv
+ASV_MACHINE ?= $(shell uname -n)
+ASV_ARGS    ?=
+N           ?= 5
+A           ?= HEAD~1
+B           ?= HEAD
+FACTOR      ?= 1.2
+
+# asv refuses to run before the machine is described; --yes answers without a terminal (CI).
+asv-machine: $(STAMP)
+	@$(ASV) machine --yes --machine $(ASV_MACHINE) >/dev/null
+
+# Smoke test: every benchmark once, tiny sizes, nothing saved; fails when a benchmark fails.
+# JAX's compilation cache lets the four benchmark processes of one case share compiled code;
+# the timings are thrown away here, so nothing measured depends on it.
+asv-quick: asv-machine
+	JACBENCH_ASV_LADDER=test JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.asv/jax-cache \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 \
+	$(ASV) run --python=same --quick --dry-run --show-stderr --machine $(ASV_MACHINE) $(ASV_ARGS)
+
+# The working tree, measured and saved under HEAD's commit hash.
+asv: asv-machine
+	$(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD) --machine $(ASV_MACHINE) \
+		$(ASV_ARGS)
+
+# The last N commits of HEAD, each from its own git worktree (bench/asv_history.py).
+asv-history: asv-machine
+	$(PY) -m bench.asv_history -n $(N) --machine $(ASV_MACHINE) -- $(ASV_ARGS)
+
+# The benchmarks that changed by more than FACTOR from A to B (+ worse, - better); both commits
+# need results (make asv / make asv-history).
+asv-compare: $(STAMP)
+	$(ASV) compare --only-changed --factor $(FACTOR) --machine $(ASV_MACHINE) $(A) $(B)
+
+# The static site with a graph per benchmark, from the saved results, into .asv/html.
+asv-publish: $(STAMP)
+	$(ASV) publish
+	@echo "open .asv/html/index.html (or: $(ASV) preview)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache results reports/out

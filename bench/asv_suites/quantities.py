@@ -18,6 +18,13 @@ from __future__ import annotations
 import functools
 import time
 
+# What torch.func and forward-mode AD import lazily on their first call (over a second). asv
+# forks every benchmark from a process that imported this module, so importing them here keeps
+# that second out of each benchmark's first call. Imports only: no computation runs before the
+# fork, so no framework thread pool exists in the forking process.
+import torch._decomp.decompositions_for_jvp  # noqa: F401
+import torch._dynamo  # noqa: F401
+
 import strategies
 from strategies.agreement import max_error
 from strategies.registry import UnknownName
@@ -29,8 +36,14 @@ try:
 except ImportError:  # asv history reaches commits older than the harness; CPU torch needs no sync
     def force(result):
         return result.block_until_ready() if hasattr(result, "block_until_ready") else result
+try:
+    from bench.harness import pin_threads
+except ImportError:  # older commits: threads are left as the process has them
+    def pin_threads(threads, device="cpu"):
+        pass
 
 DEVICE, DTYPE = "cpu", "float32"
+THREADS = 1  # the runner's default: one pinned CPU thread for torch and XLA alike
 
 # The callable prepared by a time_ benchmark's setup. asv gives a benchmark's own setup only the
 # params, not the instance, and runs each benchmark in its own process, so one slot is enough.
@@ -43,6 +56,9 @@ def _problems(quantity: str) -> dict:
 
 
 def _case(quantity: str, strategy: str, problem: str):
+    # Every benchmark's setup comes here first, in the benchmark's own forked process and
+    # before any torch or JAX computation, which is when pinning takes effect.
+    pin_threads(THREADS, DEVICE)
     try:
         s = strategies.get(quantity, strategy)
     except UnknownName as exc:
