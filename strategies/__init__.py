@@ -17,7 +17,7 @@ from .registry import Strategy, UnknownName, get, register, strategies
 IMPLEMENTATIONS = (
     "torch_jacobians", "torch_diagonals", "torch_hessians", "torch_products", "torch_ntk",
     "jax_jacobians", "jax_diagonals", "jax_hessians", "jax_products", "jax_ntk",
-    "torch_structured", "jax_structured",
+    "torch_structured", "jax_structured", "torch_forward_tangent",
 )
 for _name in IMPLEMENTATIONS:
     importlib.import_module(f"{__name__}.{_name}")
