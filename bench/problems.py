@@ -66,6 +66,14 @@ def conv_bn_net(rng, channels: int, hidden: int, image: int, classes: int = 10) 
     return ModelSpec(tuple(layers), (3, image, image), classes)
 
 
+def conv_tanh_net(rng, channels: int, image: int, classes: int) -> ModelSpec:
+    """One-channel images through conv-BN-tanh-pool and a linear head: every layer kind that
+    has curvature or a transpose rule, at an input size small enough for dense Hessians."""
+    layers = [conv(rng, 1, channels), batchnorm(rng, channels), Layer("tanh"), Layer("avgpool2"),
+              Layer("flatten"), linear(rng, channels * (image // 2) ** 2, classes)]
+    return ModelSpec(tuple(layers), (1, image, image), classes)
+
+
 def sqrt_linear(rng, n: int, m: int) -> ModelSpec:
     """Seed 001: f(x) = sqrt(F x / N) with F uniform in [0, 1)."""
     return ModelSpec((Layer("linear", {"weight": rng.uniform(0, 1, (m, n)) / n}), Layer("sqrt")),
@@ -169,6 +177,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
             "full": {"jacobian": [{"n": 32, "m": 2048, "scale": 65536},
                                   {"n": 2048, "m": 32, "scale": 65536}],
                      "batch_jacobian": _sizes("B", [64, 256, 1024], n=31, m=33)}}),
+    Family("conv_tanh", "conv-BN-tanh-pool-linear on one-channel images: input Hessians of a "
+           "conv net", lambda rng, s: conv_tanh_net(rng, s["channels"], s["image"], s["m"]),
+           {"test": {"hessian_diag": [{"channels": 2, "image": 4, "m": 3, "scale": 4}]},
+            "quick": {"hessian_diag": _sizes("image", [8, 16, 32], channels=8, m=10)},
+            "full": {"hessian_diag": _sizes("image", [16, 32, 64], channels=16, m=10)}}),
     Family("mlp_square", "tanh MLP N->W->N on one input: a jac_diag whose outputs all mix",
            lambda rng, s: tanh_mlp(rng, [s["N"], s["width"], s["N"]]),
            {"test": {"jac_diag": [{"N": 6, "width": 5, "scale": 6}]},

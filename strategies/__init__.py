@@ -18,6 +18,7 @@ IMPLEMENTATIONS = (
     "torch_jacobians", "torch_diagonals", "torch_hessians", "torch_products", "torch_ntk",
     "jax_jacobians", "jax_diagonals", "jax_hessians", "jax_products", "jax_ntk",
     "torch_structured", "jax_structured", "torch_forward_tangent",
+    "torch_hessian_backprop",
 )
 for _name in IMPLEMENTATIONS:
     importlib.import_module(f"{__name__}.{_name}")
