@@ -35,15 +35,17 @@ def commits(repo: Path, revs: list[str], n: int) -> list[str]:
     return git(repo, "rev-list", "--first-parent", "-n", str(n), "HEAD").split()[::-1]
 
 
-def asv(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def asv(repo: Path, *args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """`asv ARGS` run from `repo`, where its asv.conf.json is; output passes through."""
-    return subprocess.run([sys.executable, "-m", "asv", *args], cwd=repo, env=env)
+    return subprocess.run([sys.executable, "-m", "asv", *args], cwd=repo, env=env, **kw)
 
 
 def ensure_machine(repo: Path, machine: str, env: dict | None = None) -> None:
     """Describe this machine without questions (CI has no terminal); asv keeps it in
     ~/.asv-machine.json and refuses to run before it exists."""
-    if asv(repo, "machine", "--yes", "--machine", machine, env=env).returncode:
+    # stdout only echoes the questions it answers itself
+    if asv(repo, "machine", "--yes", "--machine", machine, env=env,
+           stdout=subprocess.DEVNULL).returncode:
         raise SystemExit(f"asv machine --machine {machine} failed")
 
 
