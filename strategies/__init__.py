@@ -19,6 +19,7 @@ IMPLEMENTATIONS = (
     "jax_jacobians", "jax_diagonals", "jax_hessians", "jax_products", "jax_ntk",
     "torch_structured", "jax_structured", "torch_forward_tangent",
     "torch_hessian_backprop",
+    "peer_backpack", "peer_curvlinops",
 )
 for _name in IMPLEMENTATIONS:
     importlib.import_module(f"{__name__}.{_name}")

@@ -1,0 +1,110 @@
+"""Peer-library strategies (BackPACK, curvlinops): each agrees with the float64 reference on every
+applicable test problem and on conv nets built here, and says so when its library is missing."""
+import numpy as np
+import pytest
+
+import strategies
+from bench.problems import batchnorm, conv, conv_bn_net, linear, problems
+from conftest import assert_agrees, cases
+from strategies import peer_backpack, peer_curvlinops
+from strategies.agreement import max_error, tolerance
+from strategies.problem import Layer, ModelSpec, Problem
+
+PEERS = ("backpack", "curvlinops")
+needs = {"backpack": pytest.mark.skipif(bool(peer_backpack.MISSING), reason="no BackPACK"),
+         "curvlinops": pytest.mark.skipif(bool(peer_curvlinops.MISSING), reason="no curvlinops")}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("strategy,problem", [c for fw in PEERS for c in cases(framework=fw)])
+def test_peer_strategy_agrees(strategy, problem, dtype):
+    assert_agrees(strategy, problem, dtype)
+
+
+def test_every_peer_strategy_runs_on_some_test_problem():
+    checked = {(c.values[0].quantity, c.values[0].name) for fw in PEERS
+               for c in cases(framework=fw)}
+    for fw, module in zip(PEERS, (peer_backpack, peer_curvlinops)):
+        if module.MISSING:
+            continue
+        for s in strategies.strategies(framework=fw):
+            if s.quantity != "hessian_diag":  # the diagonals are checked on the nets below
+                assert (s.quantity, s.name) in checked, f"{s.quantity}/{s.name}: no test problem"
+
+
+# ------------------------------------------------------------------ conv nets built here
+def _hessian_diag_problem(family: str, spec: ModelSpec, seed: int, gain: float) -> Problem:
+    """`spec` with its linear and conv weights times `gain`: at torch's default init scale the
+    input Hessian diagonals of these small nets are ~1e-5, too small for the error rule
+    (|x - y| / max(1, |x| + |y|)) to tell a right diagonal from zeros."""
+    spec = ModelSpec(tuple(Layer(layer.kind, {k: (gain * a if k == "weight" and layer.kind in
+                                                 ("linear", "conv2d") else a)
+                                              for k, a in layer.params.items()},
+                                 layer.buffers, layer.options) for layer in spec.layers),
+                     spec.in_shape, spec.out_dim)
+    rng = np.random.default_rng(seed)
+    return Problem(family, "test", "hessian_diag", spec, {"x": rng.normal(0, 1, spec.in_dim)},
+                   {"n": spec.in_dim, "params": spec.param_count})
+
+
+def _conv_tanh_no_bn(rng) -> ModelSpec:
+    layers = [conv(rng, 2, 3), Layer("tanh"), Layer("avgpool2"), conv(rng, 3, 2), Layer("tanh"),
+              Layer("flatten"), linear(rng, 2 * 3 * 3, 4)]
+    return ModelSpec(tuple(layers), (2, 6, 6), 4)
+
+
+def _relu_mlp(rng) -> ModelSpec:
+    return ModelSpec((linear(rng, 5, 7), Layer("relu"), linear(rng, 7, 3)), (5,), 3)
+
+
+def _conv_relu_bn(rng) -> ModelSpec:
+    return ModelSpec((conv(rng, 1, 3), batchnorm(rng, 3), Layer("relu"), Layer("avgpool2"),
+                      Layer("flatten"), linear(rng, 3 * 2 * 2, 2)), (1, 4, 4), 2)
+
+
+NETS = {
+    "conv_tanh": _hessian_diag_problem("conv_tanh_no_bn",
+                                       _conv_tanh_no_bn(np.random.default_rng(1)), 2, 3.0),
+    "seed003_convnet": _hessian_diag_problem(
+        "seed003_convnet", conv_bn_net(np.random.default_rng(3), 2, 6, 8), 4, 4.0),
+    "relu_mlp": _hessian_diag_problem("relu_mlp", _relu_mlp(np.random.default_rng(5)), 6, 3.0),
+    "conv_relu_bn": _hessian_diag_problem("conv_relu_bn",
+                                          _conv_relu_bn(np.random.default_rng(7)), 8, 3.0),
+}
+EXPECT = {  # which BackPACK diagonal covers which net
+    "backpack.diag_hessian": {"conv_tanh", "relu_mlp"},
+    "backpack.diag_ggn": {"seed003_convnet", "relu_mlp", "conv_relu_bn"},
+}
+
+
+@needs["backpack"]
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name,net", [(n, k) for n, nets in EXPECT.items() for k in sorted(nets)])
+def test_backpack_input_diagonal_on_conv_and_relu_nets(name, net, dtype):
+    problem = NETS[net]
+    s = strategies.get("hessian_diag", name)
+    assert s.not_applicable(problem) is None
+    ref = strategies.reference(problem)
+    assert np.abs(ref).max() > 0.1  # a diagonal the error rule can check (see the gains)
+    err = max_error(s.prepare(problem, "cpu", dtype)(), ref)
+    assert err <= tolerance(dtype), f"{name} on {net} ({dtype}): error {err:.3g}"
+
+
+@needs["backpack"]
+def test_backpack_diagonals_refuse_nets_they_would_get_wrong():
+    ggn = strategies.get("hessian_diag", "backpack.diag_ggn")
+    assert "piecewise-linear" in ggn.not_applicable(NETS["conv_tanh"])  # tanh curvature
+    hess = strategies.get("hessian_diag", "backpack.diag_hessian")
+    assert "batchnorm2d" in hess.not_applicable(NETS["seed003_convnet"])
+
+
+@pytest.mark.parametrize("module,package", [(peer_backpack, "backpack-for-pytorch"),
+                                            (peer_curvlinops, "curvlinops-for-pytorch")])
+def test_missing_library_is_reported_not_hidden(monkeypatch, module, package):
+    fw = module.__name__.rsplit("_", 1)[1]
+    monkeypatch.setattr(module, "MISSING", f"{package} is not installed: pip install {package}")
+    registered = strategies.strategies(framework=fw)
+    assert registered
+    for s in registered:
+        problem = problems(s.quantity, "test")[0]
+        assert f"pip install {package}" in s.not_applicable(problem), s.name
