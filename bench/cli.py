@@ -5,6 +5,8 @@
                  [--size LABEL|SCALE] [--device cpu|cuda] [--dtype float32|float64]
                  [--framework F] [--results PATH] [--resume] [--timeout S] [--mem-cap GB]
                  [--threads T] [--jobs N] [--quiet]
+    jacbench run --model MODULE:FACTORY --input-shape 3,32,32 [--batch 8,32] [--outputs M]
+                 [--quantity Q] [--strategy S] [--mode M] [--seed N] [...the options above]
     jacbench report RESULTS [--out PATH]
 
 Filters take names or comma-separated lists and may be repeated. Bad input gets one line on
@@ -75,6 +77,19 @@ def _parser() -> _Parser:
                           "(default: CPUs / threads, at most 2)")
     run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
     run.set_defaults(func=_cmd_run)
+    own = run.add_argument_group(
+        "your own model", "benchmark a model the suite has never seen (default quantities: "
+        "ntk, param_jacobian, ggn_vp, batch_jacobian)")
+    own.add_argument("--model", metavar="MODULE:FACTORY",
+                     help="a callable returning a torch.nn.Module or (jax_fn, params), e.g. "
+                          "mypkg.models:make_net or models.py:make_net")
+    own.add_argument("--input-shape", metavar="SHAPE", help="one sample's shape, e.g. 3,32,32")
+    own.add_argument("--batch", metavar="B", action="append",
+                     help="batch size(s), e.g. 8,32,128 (default 8)")
+    own.add_argument("--outputs", type=_positive(int),
+                     help="outputs per sample; checked against the model (default: inferred)")
+    own.add_argument("--seed", type=int, default=0,
+                     help="seed of the inputs, and of torch/numpy/random before the factory")
 
     rep = sub.add_parser("report", help="build the HTML report from a results file")
     rep.add_argument("results", type=Path)
@@ -127,8 +142,14 @@ def _cmd_run(args) -> int:
     if need > cpus:
         raise BadInput(f"--threads {args.threads or 1} x --jobs {args.jobs or 1} needs {need} "
                        f"CPUs; this process may use {cpus}")
-    cases = select_cases(args.profile, args.quantity, args.strategy, args.problem, args.size,
-                         args.framework, args.device, args.dtype, args.mode)
+    if args.model:
+        cases = _model_cases(args)
+    else:
+        for flag in ("input_shape", "batch", "outputs"):
+            if getattr(args, flag):
+                raise _Usage(f"jacbench run: --{flag.replace('_', '-')} goes with --model")
+        cases = select_cases(args.profile, args.quantity, args.strategy, args.problem,
+                             args.size, args.framework, args.device, args.dtype, args.mode)
     summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
                     mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
                     resume=args.resume,
@@ -147,9 +168,44 @@ def _cmd_report(args) -> int:
     try:
         from reports.build import build_report
     except ImportError as exc:
+    if args.model:
+        return _model_verdict(cases, summary)
         print(f"jacbench report: no report builder: reports.build.build_report cannot be "
               f"imported ({exc})", file=sys.stderr)
         return 1
+def _model_cases(args):
+    from .isolation import GB, Limits
+    from .runner import PROFILES
+    from .user import factory_cases
+
+    for flag in ("problem", "size"):
+        if getattr(args, flag):
+            raise _Usage(f"jacbench run: --{flag} selects built-in problems; with --model the "
+                         "sizes are --batch")
+    if not args.input_shape:
+        raise _Usage("jacbench run: --model needs --input-shape, the shape of one sample "
+                     "without the batch dimension (e.g. --input-shape 3,32,32)")
+    profile = PROFILES[args.profile]
+    cap = args.mem_cap or profile.mem_cap_gb
+    limits = Limits(timeout_s=args.timeout or profile.timeout_s,
+                    mem_cap_bytes=int(cap * GB) if cap else Limits().mem_cap_bytes)
+    return factory_cases(args.model, args.input_shape, ",".join(args.batch or ["8"]),
+                         args.outputs, args.quantity, args.strategy, args.framework,
+                         args.mode, args.device, args.dtype or profile.dtype, args.seed, limits)
+
+
+def _model_verdict(cases, summary) -> int:
+    """Problems the model could not run are named on stderr, one line each; exit status 2
+    when no case could run at all (nothing ok or disagreeing)."""
+    from .user import blocked_reasons
+
+    reasons = blocked_reasons(cases)
+    ran = summary.statuses.get("ok", 0) + summary.statuses.get("disagrees", 0)
+    for text in reasons:
+        print(f"jacbench run: {text}", file=sys.stderr)
+    return 2 if reasons and not ran else 0
+
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = build_report(args.results, args.out)
     print(f"report: {written or args.out}")
@@ -168,7 +224,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except _Usage as exc:
         print(str(exc), file=sys.stderr)
-    except (UnknownName, BadInput) as exc:
+    except (UnknownName, BadInput, UserModelError) as exc:
         print(f"{command}: {exc}", file=sys.stderr)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
@@ -178,3 +234,4 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 2
+    from strategies.user_model import UserModelError

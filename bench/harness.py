@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from strategies.agreement import ShapeMismatch, max_error, tolerance
+from strategies.agreement import ShapeMismatch, max_error, to_numpy, tolerance
 from strategies.problem import Problem
+from strategies.quantities import quantity
 from strategies.registry import Strategy
 from strategies.torch_model import torch_view
 
@@ -160,6 +161,43 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# What torch.func / JAX transforms say when a model is out of their reach (not a bug of the
+# strategy): data-dependent control flow, .item(), ops without forward-mode or batching rules.
+_TRANSFORM_LIMITS = (
+    ("data-dependent control flow", "data-dependent control flow under vmap"),
+    ("calling .item()", ".item() under vmap"),
+    ("dynamic shape", "an op with a data-dependent output shape under vmap"),
+    ("trying to use forward ad with", "an op without a forward-mode (jvp) rule"),
+    ("not implemented for forward ad", "an op without a forward-mode (jvp) rule"),
+    ("batching rule not implemented", "an op without a vmap batching rule"),
+    ("is not possible because there exists a tensor", "an in-place op on a non-batched "
+                                                      "tensor under vmap"),
+    ("is not implemented", "an op without the derivative rule this strategy needs (e.g. a "
+                           "double backward)"),
+    ("tracerboolconversionerror", "data-dependent control flow under jit/vmap"),
+    ("concretizationtypeerror", "data-dependent control flow under jit/vmap"),
+)
+
+
+def transform_limit(exc: BaseException) -> str | None:
+    """Why a model is out of reach of the strategy's function transform, or None."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    for marker, why in _TRANSFORM_LIMITS:
+        if marker in text:
+            return why
+    return None
+
+
+def judge(exact: bool, err: float, tol: float, note: str = "") -> tuple[str, str]:
+    """(status, message) of a result with error `err`: exact strategies must be within the
+    tolerance; approximate ones are judged by their error, not failed by it; a non-finite
+    result disagrees whatever the strategy."""
+    agrees = err <= tol if exact else np.isfinite(err)
+    if agrees:
+        return "ok", note
+    return "disagrees", f"max error {err:.3g} > tolerance {tol:.0e}" + (f"; {note}" if note else "")
+
+
 def _warning_note(caught) -> str:
     seen = []
     for w in caught:
@@ -171,15 +209,19 @@ def _warning_note(caught) -> str:
 
 
 # ------------------------------------------------------------------------------ one case
-def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str, ref: np.ndarray,
-             threads: int, timing: Timing = Timing(), send=None, exclusive=None) -> dict:
+def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
+             ref: np.ndarray | None, threads: int, timing: Timing = Timing(), send=None,
+             exclusive=None, save_to=None) -> dict:
     """Measure one case here and now; returns the measurement columns of its result row.
 
     `send(partial_row)`, when given, receives what is known before the steady-state timing
     starts, so a case killed while timing still reports its first call, memory and error.
     `exclusive()`, when given, is a context manager held while timing (bench.isolation's lock,
     so that cases running side by side are never timed at the same time).
-    Exceptions from the strategy become status 'error' (or 'oom') with a one-line message.
+    Exceptions from the strategy become status 'error' (or 'oom') with a one-line message;
+    a model out of reach of the strategy's transform (see `transform_limit`) 'not_applicable'.
+    `ref` None (no float64 reference: a consensus is formed later): the result is saved to
+    `save_to` (.npy), and the status stays 'ok' with no error until the runner judges it.
     """
     tol = tolerance(dtype)
     row = {"tolerance": tol, "threads": threads}
@@ -195,21 +237,35 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str, ref:
             out = force(fn())
             row["first_call_s"] = time.perf_counter() - t0
         except Exception as exc:  # the strategy's failure is a result, not a crash
-            return {**row, "status": classify(exc), "message": f"{phase}: {one_line(exc)}"}
+            limit = transform_limit(exc)
+            what = f"{phase}: {one_line(exc)}"
+            if limit and classify(exc) != "oom":
+                return {**row, "status": "not_applicable",
+                        "message": f"the model is out of this strategy's reach ({limit}): "
+                                   f"{what}"}
+            return {**row, "status": classify(exc), "message": what}
     row["peak_mem_bytes"] = mem.peak()
     note = _warning_note(caught)
-    try:
-        err = max_error(out, ref)
-    except ShapeMismatch as exc:
-        return {**row, "status": "error", "message": f"wrong layout: {exc}"}
-    del out
-    row["max_error"] = err
-    # Approximate strategies are judged by their error, not failed by it; a non-finite result
-    # disagrees whatever the strategy.
-    agrees = err <= tol if strategy.exact else np.isfinite(err)
-    row["status"] = "ok" if agrees else "disagrees"
-    row["message"] = note if agrees else (
-        f"max error {err:.3g} > tolerance {tol:.0e}" + (f"; {note}" if note else ""))
+    if ref is None:
+        result = to_numpy(out)
+        del out
+        expected = tuple(quantity(problem.quantity).shape(problem))
+        if result.shape != expected:
+            return {**row, "status": "error", "message": f"wrong layout: result has shape "
+                                                         f"{result.shape}, expected {expected}"}
+        from .runner import save_atomic  # late: the runner imports this module
+
+        save_atomic(save_to, result.astype(np.dtype(dtype), copy=False))
+        del result
+        row["status"], row["message"] = "ok", note
+    else:
+        try:
+            err = max_error(out, ref)
+        except ShapeMismatch as exc:
+            return {**row, "status": "error", "message": f"wrong layout: {exc}"}
+        del out
+        row["max_error"] = err
+        row["status"], row["message"] = judge(strategy.exact, err, tol, note)
     if send is not None:
         send(dict(row))
     try:
@@ -221,8 +277,10 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str, ref:
 
 
 def forward_callable(problem: Problem, device: str, dtype: str):
-    """One plain forward pass of the problem's torch model over every input the quantity
-    differentiates at (x, X, x1/x2 or X1/X2), without autograd."""
+    """One plain forward pass of the problem's torch model (a JAX user function's, jitted)
+    over every input the quantity differentiates at (x, X, x1/x2 or X1/X2), without autograd."""
+    if getattr(problem.spec, "framework", "torch") == "jax":
+        return _jax_forward_callable(problem, device, dtype)
     v = torch_view(problem, device, dtype)
     calls = []
     for key, x in v.data.items():
@@ -234,6 +292,25 @@ def forward_callable(problem: Problem, device: str, dtype: str):
     def run():
         with torch.no_grad():
             return tuple(f(x) for f, x in calls)
+    return run
+
+
+def _jax_forward_callable(problem: Problem, device: str, dtype: str):
+    import jax
+
+    from strategies.jax_model import jax_device, jax_view, scope
+
+    dev = jax_device(device)
+    v = jax_view(problem, dev, dtype)
+    shape = problem.spec.in_shape
+    fn = jax.jit(lambda params, xs: tuple(v.forward(params, v.buffers, x) for x in xs))
+    with scope(dtype, dev):  # float64 arrays keep their dtype only inside the x64 scope
+        xs = [x.reshape(-1, *shape) for k, x in v.data.items()
+              if k in ("X", "X1", "X2", "x", "x1", "x2")]
+
+    def run():
+        with scope(dtype, dev):
+            return fn(v.params, xs)
     return run
 
 

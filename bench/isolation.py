@@ -240,6 +240,47 @@ class Child:
         return out
 
 
+class InProcess:
+    """`Child`'s interface for running `fn(send)` right here, without a fork: for callers whose
+    process cannot fork safely (CUDA or a JAX backend already started, e.g. jacbench.compare
+    from a notebook). No time limit or memory cap can be enforced; an exception still becomes
+    an 'error' (or 'oom') outcome. The CPU affinity and torch's thread count that the case sets
+    (bench.harness.pin_threads) are put back afterwards."""
+
+    conn = None  # nothing to wait on: the outcome is ready when the constructor returns
+
+    def __init__(self, fn: Callable[[Callable[[dict], None]], Any], limits: Limits = Limits(),
+                 log_path=None):
+        import torch
+
+        self.out = Outcome("error")
+        affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+        xla_flags = os.environ.get("XLA_FLAGS")
+        start = time.monotonic()
+        try:
+            self.out.result = fn(self.out.partial.update)
+            self.out.status = "done"
+        except Exception as exc:  # noqa: BLE001 - the case's failure is an outcome
+            from .harness import classify, one_line
+
+            self.out.status, self.out.message = classify(exc), one_line(exc)
+        finally:
+            os.sched_setaffinity(0, affinity)
+            torch.set_num_threads(threads)
+            if xla_flags is None:
+                os.environ.pop("XLA_FLAGS", None)
+            else:
+                os.environ["XLA_FLAGS"] = xla_flags
+            self.out.partial.pop(PAUSE, None)
+            self.out.wall_s = time.monotonic() - start
+
+    def poll(self, wait_s: float = 0.0) -> Outcome:
+        return self.out
+
+    def kill(self) -> None:
+        pass
+
+
 def run_isolated(fn: Callable[[Callable[[dict], None]], Any], limits: Limits = Limits(),
                  log_path=None) -> Outcome:
     """Call `fn(send)` in a forked child and watch it; never raises for the child's failures.

@@ -36,10 +36,11 @@ import strategies
 from strategies.problem import Problem
 from strategies.quantities import NTK_MODES
 from strategies.registry import FRAMEWORKS, Strategy, unknown
+from strategies.user_model import is_user, reference_fits
 
 from . import harness, store
 from .harness import Timing
-from .isolation import GB, Child, Limits, exclusive
+from .isolation import GB, Child, InProcess, Limits, exclusive
 from .problems import FAMILIES, problems
 
 DEVICES = ("cpu", "cuda")
@@ -280,7 +281,9 @@ def problem_digest(problem: Problem) -> str:
     h = hashlib.blake2b(digest_size=8)
     h.update(repr((problem.quantity, problem.family, problem.size, problem.mode, problem.seed,
                    sorted(problem.flags), problem.spec.in_shape, problem.spec.out_dim)).encode())
-    for layer in problem.spec.layers:
+    if is_user(problem):  # the user's weights, hashed once when the model was checked
+        h.update(repr((problem.spec.name, problem.spec.framework, problem.spec.digest)).encode())
+    for layer in getattr(problem.spec, "layers", ()):
         h.update(repr((layer.kind, sorted(layer.options.items()))).encode())
         for group in (layer.params, layer.buffers):
             for k in sorted(group):
@@ -314,6 +317,21 @@ class ProblemInfo:
     ref_path: Path
     forward_s: float | None = None
     error: str | None = None
+    # "float64": checked against the dense float64 reference; "consensus": a user problem
+    # whose reference would not fit (or a JAX function, which has no float64 torch copy):
+    # its cases save their results, and the median of the exact ones becomes the reference.
+    reference: str = "float64"
+    why: str = ""
+
+
+def reference_kind(problem: Problem, cap_bytes: int) -> tuple[str, str]:
+    """("float64" | "consensus", why) for a problem, decided before anything runs."""
+    if not is_user(problem):
+        return "float64", ""
+    if problem.spec.framework == "jax":
+        return "consensus", "a JAX function has no float64 PyTorch copy to compute it on"
+    fits, why = reference_fits(problem, cap_bytes)
+    return ("float64", "") if fits else ("consensus", why)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -409,6 +427,10 @@ def _failed_from_rows(rows) -> dict:
     return failed
 
 
+def problem_key(case: Case) -> tuple:
+    return (case.problem.quantity, case.problem.id, case.device, case.dtype)
+
+
 def default_jobs(threads: int) -> int:
     """Cases run side by side, one per group of `threads` CPUs, at most two: their compile and
     first-call phases overlap while the timing itself stays exclusive (bench.isolation)."""
@@ -417,25 +439,68 @@ def default_jobs(threads: int) -> int:
 
 @dataclass
 class _Job:
-    child: Child
+    child: Child | InProcess
     case: Case | None = None  # None for a problem's reference/forward-pass child
     key: tuple | None = None
     info: ProblemInfo | None = None
+    case_of: Case | None = None  # the case that started a reference child
+
+
+def judge_by_consensus(held: list, info: ProblemInfo, outputs: dict) -> list:
+    """Rows of one consensus problem, judged against the median of its exact strategies'
+    saved results (strategies.agreement.consensus) by the one error rule; the saved results
+    are removed afterwards."""
+    exact = [c for c, _ in held if c.strategy.exact]
+    out = []
+    try:
+        arrays = [np.load(outputs[c.case_id], mmap_mode="r") for c in exact]
+        ref = strategies.agreement.consensus(arrays) if arrays else None
+        del arrays
+        for case, row in held:
+            row = dict(row, reference="consensus")
+            if ref is None:
+                row["message"] = ("unchecked: no exact strategy finished, so there is no "
+                                  f"consensus to check against ({info.why})")
+            else:
+                err = strategies.max_error(np.load(outputs[case.case_id]), ref)
+                status, note = harness.judge(case.strategy.exact, err, row["tolerance"],
+                                             row.get("message") or "")
+                whose = f"{len(exact)} exact strateg{'y' if len(exact) == 1 else 'ies'}"
+                lead = f"reference: median of {whose} ({info.why})"
+                if len(exact) == 1:
+                    lead += "; a single exact strategy: its own result is unchecked"
+                row.update(max_error=err, status=status,
+                           message="; ".join(t for t in (note, lead) if t))
+            out.append((case, row))
+    finally:
+        for case, _ in held:
+            drop_output(outputs, case)
+    return out
+
+
+def drop_output(outputs: dict, case: Case) -> None:
+    path = outputs.pop(case.case_id, None)
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | str = "quick",
           timeout_s: float | None = None, mem_cap_gb: float | None = None,
           threads: int | None = None, jobs: int | None = None, resume: bool = False,
-          progress: Progress | None = None, quiet: bool = False) -> Summary:
+          progress: Progress | None = None, quiet: bool = False, isolate: bool = True,
+          run_id: str | None = None) -> Summary:
     """Run `cases`, appending one row per case to `results`; returns counts by status.
 
     Up to `jobs` children run at once, each on its own `threads` CPUs; the cases of one ladder
     run in order of size, one at a time, so a timeout or OOM can skip the larger ones.
+    `isolate=False` runs every case in this process instead (bench.isolation.InProcess), one
+    at a time, without time limit or memory cap: for callers that cannot fork.
     """
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     results = Path(results)
     threads = threads or default_threads()
-    jobs = jobs or default_jobs(threads)
+    jobs = 1 if not isolate else jobs or default_jobs(threads)
+    Runner = Child if isolate else InProcess
     cpus = sorted(os.sched_getaffinity(0))
     if jobs * threads > len(cpus):
         raise BadInput(f"{jobs} jobs of {threads} threads need {jobs * threads} CPUs; this "
@@ -445,9 +510,11 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     if cap is None:  # half the memory, shared by the jobs
         cap = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB / 2 / jobs
     limits = Limits(timeout_s=timeout_s or profile.timeout_s, mem_cap_bytes=int(cap * GB))
-    prepare_zygote()
+    if isolate:
+        prepare_zygote()
 
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + \
+        secrets.token_hex(3)
     refs_dir = results.parent / "refs"
     log = results.parent / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -463,49 +530,63 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     progress = progress or Progress(len(pending), tty=False if quiet else None)
     infos: dict[tuple, ProblemInfo] = {}
     running: dict[int, _Job] = {}
+    # Consensus problems: their rows wait until every case of the problem has ended.
+    unresolved = Counter(problem_key(c) for c in pending)
+    held: dict[tuple, list] = {}
+    outputs: dict[str, Path] = {}
     start = time.monotonic()
 
     def note(text: str) -> None:
         with open(log, "a") as fh:
             fh.write(f"== {text}\n")
 
-    def problem_key(case: Case) -> tuple:
-        return (case.problem.quantity, case.problem.id, case.device, case.dtype)
-
     def start_problem(case: Case, slot: int) -> None:
         p, key = case.problem, problem_key(case)
         info = ProblemInfo(reference_path(refs_dir, p))
+        info.reference, info.why = reference_kind(p, limits.mem_cap_bytes)
 
         def child(send):
             harness.pin_threads(threads, case.device, slots[slot])
-            if not info.ref_path.exists():
+            if info.reference == "float64" and not info.ref_path.exists():
                 save_atomic(info.ref_path, strategies.reference(p))
             send({"reference": "ok"})
             return {"forward_s": harness.forward_time(
                 p, case.device, case.dtype, threads, profile.timing,
                 exclusive=lambda: exclusive(lock, send))}
 
-        note(f"reference and forward pass: {p.quantity} {p.id} {case.device} {case.dtype}")
-        running[slot] = _Job(Child(child, limits, log), key=key, info=info)
+        note(f"reference ({info.reference}) and forward pass: {p.quantity} {p.id} "
+             f"{case.device} {case.dtype}")
+        running[slot] = _Job(Runner(child, limits, log), key=key, info=info, case_of=case)
 
     def finish_problem(job: _Job, out) -> None:
         info = job.info
         if out.status == "done":
             info.forward_s = out.result["forward_s"]
-        if not info.ref_path.exists():
-            info.error = f"reference failed: {out.status}: {out.message}"
+        if info.reference == "float64" and not info.ref_path.exists():
+            if is_user(job.case_of.problem):
+                # Out of memory (the estimate was too hopeful), or a model out of reach of the
+                # reference's torch.func transforms (data-dependent control flow under vmap):
+                # the strategies' agreement is the reference.
+                info.reference = "consensus"
+                info.why = f"the float64 reference failed: {out.status}: {out.message}"
+            else:
+                info.error = f"reference failed: {out.status}: {out.message}"
         infos[job.key] = info
 
     def start_case(case: Case, slot: int) -> None:
         info = infos[problem_key(case)]
+        save_to = None
+        if info.reference == "consensus":
+            save_to = outputs[case.case_id] = (
+                refs_dir / "outputs" / f"{info.ref_path.stem}-{case.strategy.name}.npy")
 
         def child(send):
             harness.pin_threads(threads, case.device, slots[slot])
             harness.start_backend(case.strategy.framework, case.device)
-            ref = np.load(info.ref_path)
+            ref = np.load(info.ref_path) if save_to is None else None
             out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
                                    threads, profile.timing, send,
-                                   exclusive=lambda: exclusive(lock, send))
+                                   exclusive=lambda: exclusive(lock, send), save_to=save_to)
             if case.device == "cuda":
                 import torch
 
@@ -514,12 +595,29 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         note(case.case_id)
         progress.begin(case)
-        running[slot] = _Job(Child(child, limits, log), case=case)
+        running[slot] = _Job(Runner(child, limits, log), case=case)
 
     def record(case: Case, row: dict) -> None:
         if row["status"] in FAILED:  # killed by us, or an allocation that failed inside
             failed.setdefault(case.ladder, (case.problem.size_param, case.problem.size,
                                             row["status"]))
+        key = problem_key(case)
+        info = infos.get(key)
+        if info is not None and info.reference == "consensus" and row.get("status") == "ok" \
+                and row.get("max_error") is None:
+            held.setdefault(key, []).append((case, row))  # judged once the problem is done
+        else:
+            drop_output(outputs, case)
+            write(case, row)
+        unresolved[key] -= 1
+        if unresolved[key] == 0 and key in held:
+            for c, r in judge_by_consensus(held.pop(key), info, outputs):
+                write(c, r)
+
+    def write(case: Case, row: dict) -> None:
+        info = infos.get(problem_key(case))
+        if info is not None and row["status"] not in ("not_applicable", "skipped"):
+            row.setdefault("reference", info.reference)
         row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         store.append(results, row)
         summary.statuses[row["status"]] += 1
@@ -527,6 +625,9 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
     def without_running(case: Case) -> dict | None:
         """The row of a case that needs no child, or None."""
+        if case.problem.blocked:  # a user model that cannot run this problem at all
+            status, message = case.problem.blocked
+            return {"status": status, "message": message}
         reason = case.strategy.not_applicable(case.problem)
         if reason:
             return {"status": "not_applicable", "message": reason}
@@ -576,7 +677,9 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                     fill(slot)
             if not running:
                 continue  # what was left needed no child
-            mp_connection.wait([job.child.conn for job in running.values()], limits.poll_s)
+            conns = [job.child.conn for job in running.values() if job.child.conn is not None]
+            if conns:
+                mp_connection.wait(conns, limits.poll_s)
             for slot, job in list(running.items()):
                 out = job.child.poll()
                 if out is None:

@@ -24,7 +24,7 @@ STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "not_applicable", "ski
 CASE_COLUMNS = ("run_id", "case_id", "quantity", "problem", "family", "size", "mode", "scale",
                 "sizes", "params", "strategy", "framework", "exact", "device", "dtype")
 MEASURE_COLUMNS = ("status", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
-                   "peak_mem_bytes", "max_error", "tolerance", "message")
+                   "peak_mem_bytes", "max_error", "tolerance", "reference", "message")
 ENV_COLUMNS = ("torch_version", "jax_version", "numpy_version", "python_version", "cpu", "gpu",
                "threads", "commit", "timestamp", "hostname")
 COLUMNS = CASE_COLUMNS + MEASURE_COLUMNS + ENV_COLUMNS

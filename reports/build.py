@@ -42,7 +42,10 @@ RESULT_COLUMNS = [
     ("Device", "device and dtype", False), ("Status", "", False),
     ("Median", "", True), ("IQR", "", True), ("Runs", "", True), ("First call", "", True),
     ("\u00f7 forward", "median \u00f7 one forward pass", True), ("Peak memory", "", True),
-    ("Max error", "max |x\u2212y| / max(1, |x|+|y|) against the float64 reference", True),
+    ("Max error", "max |x\u2212y| / max(1, |x|+|y|) against the reference", True),
+    ("Reference", "float64: the dense float64 reference; consensus: the median of the exact "
+                  "strategies' results (a user model whose float64 reference would not fit in "
+                  "memory, or a JAX function)", False),
     ("Message", "", False),
 ]
 
@@ -143,6 +146,7 @@ def result_rows(df: pd.DataFrame) -> list[dict]:
             _cell(S.fmt_error(_f(r.max_error)), _f(r.max_error),
                   "disagrees" if r.status == "disagrees" else ""),
             _cell(r.message, cls="msg"),
+            _cell(r.reference),
         ]
         rows.append({"cls": "" if ok else f"row-{'failed' if r.status in S.FAILED else r.status}",
                      "cells": cells})
@@ -184,6 +188,24 @@ def agreement_table(df: pd.DataFrame, quantity: str) -> tuple[list[dict], list[d
 
 
 def _columns(spec):
+def references_text(df: pd.DataFrame) -> str:
+    """Which reference the results were checked against, per problem: one sentence."""
+    checked = df[df["reference"].isin(["float64", "consensus"])]
+    problems = checked.drop_duplicates(["quantity", "problem"])
+    counts = problems["reference"].value_counts()
+    if not len(problems):
+        return ""
+    text = (f"Results checked against the float64 reference on {counts.get('float64', 0)} "
+            f"problem(s)")
+    consensus = problems[problems["reference"] == "consensus"]
+    if len(consensus):
+        names = ", ".join(f"{q} {p}" for q, p in zip(consensus["quantity"], consensus["problem"]))
+        text += (f", and against the consensus (median) of the exact strategies on "
+                 f"{len(consensus)}, where the float64 reference would not fit in memory or the "
+                 f"model is a JAX function: {names}")
+    return text + "."
+
+
     return [{"name": n, "title": t, "num": num} for n, t, num in spec]
 
 
@@ -268,6 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/out/index.html"))
     ap.add_argument("--seeds", type=Path, default=None, help="design.md or the seeds folder")
     args = ap.parse_args(argv)
+        "references": references_text(df) if len(df) else "",
     print(build_report(args.results, args.out, args.seeds))
     return 0
 

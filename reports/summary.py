@@ -108,7 +108,8 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """
     df = df.copy()
     for col in ("quantity", "problem", "family", "size", "mode", "strategy", "framework",
-                "device", "dtype", "status", "message", "run_id", "timestamp", *ENV_COLUMNS):
+                "device", "dtype", "status", "message", "run_id", "timestamp", "reference",
+                *ENV_COLUMNS):
         if col not in df:
             df[col] = None
     for col in NUMERIC:

@@ -1,6 +1,8 @@
 """The one error rule and the one tolerance table used everywhere results are checked."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 # Largest allowed error per dtype under `max_error`. float32 gets ~1000 ulps of headroom
@@ -39,3 +41,20 @@ def tolerance(dtype) -> float:
 
 def agrees(result, ref: np.ndarray, dtype) -> bool:
     return max_error(result, ref) <= tolerance(dtype)
+
+
+def consensus(arrays) -> np.ndarray:
+    """The elementwise median of several strategies' results (float64): the reference when
+    no float64 reference can be computed. NaNs are left out, so one strategy's NaN does not
+    hide the others' agreement (it still disagrees: its error is infinite). Arrays may be
+    memory-mapped; the median is taken in chunks to bound memory."""
+    views = [np.asarray(a).reshape(-1) for a in arrays]
+    shape = np.shape(arrays[0])
+    out = np.empty(views[0].size, dtype=np.float64)
+    step = max(1, 2 ** 24 // len(views))
+    for i in range(0, out.size, step):
+        stack = np.stack([v[i:i + step] for v in views]).astype(np.float64)
+        with warnings.catch_warnings():  # an all-NaN element stays NaN, without a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[i:i + step] = np.nanmedian(stack, axis=0)
+    return out.reshape(shape)

@@ -1,7 +1,7 @@
 """Applicability rules shared by strategies of every framework: each returns None or a reason."""
 from __future__ import annotations
 
-from .problem import Problem
+from .problem import ModelSpec, Problem
 
 
 def samples_independent(problem: Problem) -> str | None:
@@ -23,3 +23,20 @@ def at_most(key: str, limit: int):
         return None
     rule.__doc__ = f"{key} <= {limit}"
     return rule
+
+
+def model_framework(problem: Problem, framework: str) -> str | None:
+    """A user model lives in one framework; built-in layer lists are built in every one."""
+    fw = getattr(problem.spec, "framework", None)
+    if fw == "torch" and framework == "jax":
+        return "PyTorch model: the JAX side needs a JAX function"
+    if fw == "jax" and framework != "jax":
+        return "JAX function: the PyTorch side needs an nn.Module"
+    return None
+
+
+def layer_list(problem: Problem) -> str | None:
+    """Strategies that read the layer list of a built-in model (hand-written per-layer rules)."""
+    if not isinstance(problem.spec, ModelSpec):
+        return "needs a built-in layer-list model: its rules are written per layer kind"
+    return None

@@ -23,6 +23,7 @@ import numpy as np
 
 from .problem import Layer, ModelSpec, Problem
 from .registry import always, register
+from .user_model import UserModel, jax_parts
 
 try:
     import jax
@@ -218,6 +219,9 @@ def jax_view(problem: Problem, device="cpu", dtype=None) -> JaxView:
     with scope(dt, dev):
         def put(arrays):
             return {k: jax.device_put(np.asarray(v, dtype=dt), dev) for k, v in arrays.items()}
+        if isinstance(problem.spec, UserModel):  # the user's function and params pytree
+            forward, keys, flat = jax_parts(problem.spec)
+            return JaxView(problem, forward, keys, put(flat), {}, put(problem.data))
         params = put(_named(problem.spec, "params"))
         return JaxView(problem, build_function(problem.spec), tuple(params), params,
                        put(_named(problem.spec, "buffers")), put(problem.data))

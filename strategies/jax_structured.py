@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 
 from . import torch_structured as rules
+from .applicability import layer_list
 from .jax_model import _apply, _param_names, einsum, jax, jnp, lax, matmul, register_jax
 from .jax_ntk import _CONTRACT
 from .problem import ModelSpec
@@ -187,7 +188,8 @@ def ntk_structured(v, mode: str):
     return out
 
 
-@register_jax("ntk", "structured", notes=lambda problem: structured_notes(problem.spec))
+@register_jax("ntk", "structured", applies=layer_list,
+              notes=lambda problem: structured_notes(problem.spec))
 def _structured(v):
     """Structured derivatives: per layer, (a1 a2^T + 1) * (g1 g2^T) from layer inputs and output
     cotangents (conv: patches, or small per-sample weight gradients). Cost: one forward, m

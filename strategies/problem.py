@@ -56,12 +56,16 @@ class Problem:
     family: str
     size: str
     quantity: str
-    spec: ModelSpec
+    spec: ModelSpec  # or a strategies.user_model.UserModel: the user's own network
     data: dict[str, np.ndarray]
     sizes: dict[str, int]
     flags: frozenset[str] = frozenset()
     mode: str | None = None  # ntk: "full", "trace" or "diagonal"
     seed: int = 0
+    # (status, reason) when no strategy can run on this problem: a user model whose output
+    # holds NaN, or that has no parameters for a parameter quantity. The runner records every
+    # case of the problem with it, and runs nothing.
+    blocked: tuple[str, str] | None = None
 
     @property
     def id(self) -> str:

@@ -49,9 +49,11 @@ class Strategy:
         return " ".join((inspect.getdoc(self.prepare) or "").split())
 
     def not_applicable(self, problem: Problem) -> str | None:
+        from .applicability import model_framework
+
         if problem.quantity != self.quantity:
             return f"{self.name} computes {self.quantity}, the problem asks for {problem.quantity}"
-        return self.applies(problem)
+        return model_framework(problem, self.framework) or self.applies(problem)
 
     def __call__(self, problem: Problem, device="cpu", dtype=None, **options):
         """Prepare and run once: the library entry point."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .applicability import samples_independent
+from .applicability import layer_list, samples_independent
 from .registry import register
 from .torch_model import torch_view
 
@@ -23,6 +23,8 @@ _ACTIVATION = {"tanh": torch.tanh, "relu": torch.relu, "sqrt": torch.sqrt}
 
 def layers_covered(problem) -> str | None:
     """Linear layers and elementwise activations only: the hand-written tangent rules."""
+    if layer_list(problem):
+        return layer_list(problem)
     kinds = {layer.kind for layer in problem.spec.layers} - {"linear", *_TANGENT}
     if kinds:
         return f"no hand-written tangent rule for layer kind(s) {', '.join(sorted(kinds))}"

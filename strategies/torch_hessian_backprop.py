@@ -110,8 +110,10 @@ def hessian_diag_backprop(modules, kinds, x, in_shape) -> torch.Tensor:
         module, kind, z, y = trace[i]
         if kind in _ACTIVATIONS:
             d1, d2 = _ACTIVATIONS[kind](z[0], y[0])
-            curvature = 0 if d2 is None else rows[0] * d2
-            d = curvature if d is None else d * d1 * d1 + curvature
+            if d is not None:
+                d = d * d1 * d1
+            if d2 is not None:
+                d = rows[0] * d2 if d is None else d + rows[0] * d2
             rows = rows * d1
         elif kind == "batchnorm2d":
             rows = _affine_transpose(kind, module, rows, z)
@@ -125,14 +127,14 @@ def hessian_diag_backprop(modules, kinds, x, in_shape) -> torch.Tensor:
             d = None if d is None else _squared_transpose(kind, module, d, z)
             rows = _affine_transpose(kind, module, rows, z)
         else:
-            if d is not None and torch.is_tensor(d):
+            if d is not None:
                 new, sign = _as_rows(d)
                 rows, d = torch.cat([rows, new]), None
                 signs.append(sign)
             rows = _affine_transpose(kind, module, rows, z)
     factors = rows[1:].reshape(rows.shape[0] - 1, -1)
     diag = torch.cat(signs) @ (factors * factors)
-    return diag if d is None or not torch.is_tensor(d) else diag + d.flatten()
+    return diag if d is None else diag + d.flatten()
 
 
 @register("hessian_diag", "torch.hessian_backprop", applies=spec_covered)

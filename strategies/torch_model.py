@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .problem import Layer, ModelSpec, Problem
+from .user_model import UserModel, torch_module
 
 
 class Sqrt(nn.Module):
@@ -70,20 +71,22 @@ class TorchView:
     data: dict[str, torch.Tensor]
 
     def f(self, x):
-        return self.model(x.reshape(1, *self.problem.spec.in_shape))[0]
+        return self.model(x.reshape(1, *self.problem.spec.in_shape))[0].reshape(-1)
 
     def phi(self, x):
         return 0.5 * (self.f(x) ** 2).sum()
 
     def fb(self, X):
-        return self.model(X)
+        # Inputs may come flat (B, n) (user problems' batch_jacobian), outputs are flattened
+        # per sample (a user model may return (B, C, H, W)); both are no-ops otherwise.
+        return self.model(X.reshape(X.shape[0], *self.problem.spec.in_shape)).flatten(1)
 
     def fp(self, params, X):
-        return functional_call(self.model, (params, self.buffers), (X,))
+        return functional_call(self.model, (params, self.buffers), (X,)).flatten(1)
 
     def fd(self, x):
         if "separable" in self.problem.flags:  # one scalar input per sample (seed 002)
-            return self.model(x.reshape(-1, 1))
+            return self.model(x.reshape(-1, *self.problem.spec.in_shape)).flatten(1)
         return self.f(x).reshape(-1, 1)  # a square map R^N -> R^N
 
     @property
@@ -118,7 +121,10 @@ def torch_view(problem: Problem, device="cpu", dtype=torch.float32) -> TorchView
     dtype = torch_dtype(dtype)
     # Parameters are differentiated through functional_call with explicit tensors; switching
     # their requires_grad off keeps input-derivative strategies from recording parameter graphs.
-    model = build_module(problem.spec, device, dtype).requires_grad_(False)
+    if isinstance(problem.spec, UserModel):  # the user's own module, copied, as given
+        model = torch_module(problem.spec, device, dtype).requires_grad_(False)
+    else:
+        model = build_module(problem.spec, device, dtype).requires_grad_(False)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     data = {k: torch.as_tensor(np.asarray(v), device=device, dtype=dtype)

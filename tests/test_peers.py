@@ -90,6 +90,22 @@ def test_backpack_input_diagonal_on_conv_and_relu_nets(name, net, dtype):
     assert err <= tolerance(dtype), f"{name} on {net} ({dtype}): error {err:.3g}"
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_hessian_backprop_on_held_out_nets_matches_reference_and_backpack(net, dtype):
+    """jacbench's one-pass diagonal on nets outside the suite (ReLU kinks, BN before and after
+    the activation), against the float64 reference and, where it applies, BackPACK."""
+    problem = NETS[net]
+    ours = strategies.get("hessian_diag", "torch.hessian_backprop").prepare(problem, "cpu", dtype)()
+    ref = strategies.reference(problem)
+    assert np.abs(ref).max() > 0.1
+    assert max_error(ours, ref) <= tolerance(dtype)
+    for name, nets in EXPECT.items():
+        peer = strategies.get("hessian_diag", name)
+        if net in nets and peer.not_applicable(problem) is None:
+            assert max_error(ours, peer.prepare(problem, "cpu", "float64")()) <= tolerance(dtype)
+
+
 @needs["backpack"]
 def test_backpack_diagonals_refuse_nets_they_would_get_wrong():
     ggn = strategies.get("hessian_diag", "backpack.diag_ggn")

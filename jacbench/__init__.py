@@ -1,0 +1,116 @@
+"""jacbench as a library: benchmark your own model from Python.
+
+    import jacbench
+    df = jacbench.compare(model, x, quantities=["ntk", "param_jacobian"], report="out.html")
+
+`compare` runs every applicable registered strategy on your model through the suite's own
+runner, harness and results store (bench.runner.sweep), checks each result against the
+float64 reference (or, when that would not fit in memory, against the consensus of the exact
+strategies) and returns the rows as a pandas DataFrame, one per case.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["UserModelError", "compare"]
+
+from strategies.user_model import UserModelError  # noqa: E402  (re-exported)
+
+
+def _numpy(x):
+    import numpy as np
+
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _may_fork(framework: str, device: str) -> bool:
+    """Cases run in forked children unless this process cannot fork safely: CUDA already
+    initialised here (a forked child cannot use it), or a JAX function (its backend is
+    already running, and XLA is not fork-safe)."""
+    import torch
+
+    if framework == "jax":
+        return False
+    return not (device.startswith("cuda") and torch.cuda.is_initialized())
+
+
+def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
+            frameworks=None, modes=None, device: str = "cpu", dtype: str = "float32",
+            report=None, results=None, x2=None, name: str | None = None,
+            profile: str = "quick", timeout_s: float | None = None,
+            mem_cap_gb: float | None = None, threads: int = 1, isolate: bool | None = None,
+            verbose: bool = False):
+    """Benchmark and check every applicable strategy on `model` at the batch `x`.
+
+    model: a torch.nn.Module (run as given: its weights and buffers, in eval mode, on a copy),
+        or a pair (fn, params) with fn(params, X) -> Y a pure JAX function.
+    x: the batch, shape (B, *one sample's shape): a tensor or array. Quantities of one input
+        vector (jacobian, hessian, jvp, ...) use x[0] flattened; the NTK is K(x, x2 or x).
+    quantities, strategies, frameworks, modes: names (lists or comma-separated), as the
+        command line's --quantity, --strategy, --framework, --mode; None means every one.
+    device, dtype: "cpu" or "cuda"; "float32" or "float64".
+    report: a path; when given, the HTML report of these results is written there.
+    results: the JSON Lines file the rows are appended to (default: a temporary folder).
+    profile, timeout_s, mem_cap_gb, threads: timing profile and per-case limits, as for
+        `python -m bench run`.
+    isolate: run each case in a forked child (time limit, memory cap, crash containment), or
+        here. Default: forked, unless this process has CUDA initialised or the model is a JAX
+        function. Forked children may use only one thread (this process has already used
+        torch's OpenMP pool, which does not survive a fork).
+
+    Returns the rows of this run (bench.store's columns: quantity, problem, strategy, status,
+    median_s, peak_mem_bytes, max_error, reference, message, ...). Raises UserModelError (a
+    ValueError) with one line that says what is wrong when the model or x cannot be used.
+    """
+    from bench import store
+    from bench.runner import BadInput, Progress, check_device, sweep
+    from bench.user import cases_for, check_names, inspect_model, problems_for
+    from strategies.user_model import UserModel, kind_of
+
+    check_device(device)
+    if dtype not in ("float32", "float64"):
+        raise BadInput(f"dtype {dtype!r}: use 'float32' or 'float64'")
+    framework, obj = kind_of(model, "jacbench.compare(model=...)")
+    X = _numpy(x)
+    if X.ndim < 2:
+        raise UserModelError(f"x has shape {X.shape}: give a batch, shape (B, *sample shape); "
+                             "for one sample use x[None]")
+    qs, names, fws, ms = check_names(quantities, strategies, frameworks, modes)
+    if isolate is None:
+        isolate = _may_fork(framework, device)
+    if isolate and threads != 1:
+        raise BadInput("threads > 1 needs isolate=False: forked cases cannot use more than "
+                       "one thread after this process has run torch; or use the command line "
+                       "(python -m bench run --model ... --threads N)")
+    B = X.shape[0]
+    facts = inspect_model(obj, X, dtype, None, f"the batch x of shape {X.shape}")
+    spec = UserModel(name or (type(obj).__name__ if framework == "torch"
+                              else getattr(obj[0], "__name__", "jax_function")),
+                     framework, tuple(X.shape[1:]), facts.out_dim, facts.param_count, obj=obj,
+                     digest=facts.digest, act_per_sample=facts.act_per_sample)
+    probs = problems_for(spec, {B: X}, {B: facts}, qs, ms,
+                         second=None if x2 is None else _numpy(x2))
+    cases = cases_for(probs, names, fws, device, dtype)
+
+    results = Path(results) if results else \
+        Path(tempfile.mkdtemp(prefix="jacbench-")) / "results.jsonl"
+    quiet = open(os.devnull, "w") if not verbose else sys.stderr
+    try:
+        summary = sweep(cases, results, profile=profile, timeout_s=timeout_s,
+                        mem_cap_gb=mem_cap_gb, threads=threads, isolate=isolate,
+                        progress=Progress(len(cases), stream=quiet, tty=False))
+    finally:
+        if quiet is not sys.stderr:
+            quiet.close()
+    df = store.load(results)
+    df = df[df["run_id"] == summary.run_id].reset_index(drop=True)
+    if report:
+        from reports.build import build_report
+
+        build_report(df, report)
+    return df
