@@ -76,7 +76,6 @@ def _parser() -> _Parser:
                      help="cases run side by side, each on its own CPUs, timed one at a time "
                           "(default: CPUs / threads, at most 2)")
     run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
-    run.set_defaults(func=_cmd_run)
     own = run.add_argument_group(
         "your own model", "benchmark a model the suite has never seen (default quantities: "
         "ntk, param_jacobian, ggn_vp, batch_jacobian)")
@@ -90,6 +89,7 @@ def _parser() -> _Parser:
                      help="outputs per sample; checked against the model (default: inferred)")
     own.add_argument("--seed", type=int, default=0,
                      help="seed of the inputs, and of torch/numpy/random before the factory")
+    run.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("report", help="build the HTML report from a results file")
     rep.add_argument("results", type=Path)
@@ -158,21 +158,11 @@ def _cmd_run(args) -> int:
     if summary.interrupted:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
         return 130
+    if args.model:
+        return _model_verdict(cases, summary)
     return 0
 
 
-def _cmd_report(args) -> int:
-    if not args.results.is_file():
-        raise _Usage(f"jacbench report: results file {str(args.results)!r} does not exist; "
-                     "make one with `python -m bench run`")
-    try:
-        from reports.build import build_report
-    except ImportError as exc:
-    if args.model:
-        return _model_verdict(cases, summary)
-        print(f"jacbench report: no report builder: reports.build.build_report cannot be "
-              f"imported ({exc})", file=sys.stderr)
-        return 1
 def _model_cases(args):
     from .isolation import GB, Limits
     from .runner import PROFILES
@@ -206,6 +196,16 @@ def _model_verdict(cases, summary) -> int:
     return 2 if reasons and not ran else 0
 
 
+def _cmd_report(args) -> int:
+    if not args.results.is_file():
+        raise _Usage(f"jacbench report: results file {str(args.results)!r} does not exist; "
+                     "make one with `python -m bench run`")
+    try:
+        from reports.build import build_report
+    except ImportError as exc:
+        print(f"jacbench report: no report builder: reports.build.build_report cannot be "
+              f"imported ({exc})", file=sys.stderr)
+        return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = build_report(args.results, args.out)
     print(f"report: {written or args.out}")
@@ -214,6 +214,7 @@ def _model_verdict(cases, summary) -> int:
 
 def main(argv=None) -> int:
     from strategies.registry import UnknownName
+    from strategies.user_model import UserModelError
 
     from .runner import BadInput
 
@@ -234,4 +235,3 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return 2
-    from strategies.user_model import UserModelError
