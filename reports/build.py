@@ -145,8 +145,8 @@ def result_rows(df: pd.DataFrame) -> list[dict]:
             _cell(S.fmt_bytes(_f(r.peak_mem_bytes)), _f(r.peak_mem_bytes)),
             _cell(S.fmt_error(_f(r.max_error)), _f(r.max_error),
                   "disagrees" if r.status == "disagrees" else ""),
-            _cell(r.message, cls="msg"),
             _cell(r.reference),
+            _cell(r.message, cls="msg"),
         ]
         rows.append({"cls": "" if ok else f"row-{'failed' if r.status in S.FAILED else r.status}",
                      "cells": cells})
@@ -187,7 +187,6 @@ def agreement_table(df: pd.DataFrame, quantity: str) -> tuple[list[dict], list[d
     return columns, rows
 
 
-def _columns(spec):
 def references_text(df: pd.DataFrame) -> str:
     """Which reference the results were checked against, per problem: one sentence."""
     checked = df[df["reference"].isin(["float64", "consensus"])]
@@ -206,6 +205,7 @@ def references_text(df: pd.DataFrame) -> str:
     return text + "."
 
 
+def _columns(spec):
     return [{"name": n, "title": t, "num": num} for n, t, num in spec]
 
 
@@ -256,6 +256,7 @@ def build_report(results, out_path, seeds_path=None) -> Path:
         "n_problems": df.drop_duplicates(["quantity", "problem"]).shape[0],
         "n_quantities": len(quantities),
         "status_counts": [(s, int(status_counts[s])) for s in S.STATUSES if s in status_counts],
+        "references": references_text(df) if len(df) else "",
         "recommendations": recs,
         "summary_columns": _columns(SUMMARY_COLUMNS),
         "summary_rows": summary_rows(table) if len(table) else [],
@@ -290,7 +291,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/out/index.html"))
     ap.add_argument("--seeds", type=Path, default=None, help="design.md or the seeds folder")
     args = ap.parse_args(argv)
-        "references": references_text(df) if len(df) else "",
     print(build_report(args.results, args.out, args.seeds))
     return 0
 
