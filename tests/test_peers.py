@@ -7,7 +7,7 @@ import strategies
 from bench.problems import batchnorm, conv, conv_bn_net, linear, problems
 from conftest import assert_agrees, cases
 from strategies import peer_backpack, peer_curvlinops
-from strategies.agreement import max_error, tolerance
+from strategies.agreement import max_error, to_numpy, tolerance
 from strategies.problem import Layer, ModelSpec, Problem
 
 PEERS = ("backpack", "curvlinops")
@@ -103,7 +103,7 @@ def test_hessian_backprop_on_held_out_nets_matches_reference_and_backpack(net, d
     for name, nets in EXPECT.items():
         peer = strategies.get("hessian_diag", name)
         if net in nets and peer.not_applicable(problem) is None:
-            assert max_error(ours, peer.prepare(problem, "cpu", "float64")()) <= tolerance(dtype)
+            assert max_error(ours, to_numpy(peer.prepare(problem, "cpu", "float64")())) <= tolerance(dtype)
 
 
 @needs["backpack"]
