@@ -155,7 +155,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                                          "scale": 3}],
                      "ntk": [{"channels": 2, "hidden": 6, "image": 8, "B1": 3, "B2": 2,
                               "scale": 3}]},
-            "quick": {"param_jacobian": _sizes("B", [4, 8, 16], channels=4, hidden=32, image=16),
+            "quick": {"param_jacobian": _sizes("B", [4, 8], channels=4, hidden=32, image=16),
                       "ntk": [{"channels": 4, "hidden": 32, "image": 16, "B1": b, "B2": b,
                                "scale": b} for b in (4, 8, 16)]},
             "full": {"param_jacobian": _sizes("B", [25, 50, 100], channels=16, hidden=192,
@@ -218,7 +218,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            _mlp,
            {"test": {"ntk": [{"n": 4, "width": 5, "m": 3, "B1": 2, "B2": 3, "scale": 3}]},
             "quick": {"ntk": [{"n": 16, "width": 64, "m": 4, "B1": b, "B2": b, "scale": b}
-                              for b in (16, 64, 256)],
+                              for b in (16, 64)],
                       "batch_jacobian": _sizes("B", [16, 128, 1024], n=16, width=64, m=4)},
             "full": {"ntk": [{"n": 16, "width": 64, "m": 4, "B1": b, "B2": b, "scale": b}
                              for b in (64, 256, 1024)]}}),

@@ -64,7 +64,7 @@ class Profile:
 
 
 PROFILES = {p.name: p for p in [
-    Profile("quick", "quick", 30, 4, Timing(max_run_time=0.25, min_run_time=0.01),
+    Profile("quick", "quick", 15, 4, Timing(max_run_time=0.25, min_run_time=0.01),
             about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
             about="the seeds' own sizes and beyond, careful timing"),
