@@ -8,6 +8,7 @@
     jacbench run --model MODULE:FACTORY --input-shape 3,32,32 [--batch 8,32] [--outputs M]
                  [--quantity Q] [--strategy S] [--mode M] [--seed N] [...the options above]
     jacbench report RESULTS [--out PATH]
+    jacbench calibrate RESULTS [--out PATH] [--dry-run]
 
 Filters take names or comma-separated lists and may be repeated. Bad input gets one line on
 stderr that says what is allowed, and exit status 2.
@@ -49,7 +50,8 @@ def _parser() -> _Parser:
     from .store import DEFAULT_PATH
 
     top = _Parser(prog="jacbench", description="Benchmark and verify autodiff strategies.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{list,run,report}")
+    sub = top.add_subparsers(dest="command", required=True,
+                             metavar="{list,run,report,calibrate}")
 
     ls = sub.add_parser("list", help="quantities, strategies and problem families")
     ls.add_argument("--quantity", action="append", help="only strategies for these quantities")
@@ -95,6 +97,15 @@ def _parser() -> _Parser:
     rep.add_argument("results", type=Path)
     rep.add_argument("--out", type=Path, default=DEFAULT_REPORT)
     rep.set_defaults(func=_cmd_report)
+
+    cal = sub.add_parser("calibrate", help="fit torch.auto's cost model to a results file")
+    cal.add_argument("results", type=Path)
+    cal.add_argument("--out", type=Path, default=None,
+                     help="where to write the coefficients (default: "
+                          "strategies/auto_calibration.json, which torch.auto reads)")
+    cal.add_argument("--dry-run", action="store_true",
+                     help="print the hit rates, write nothing")
+    cal.set_defaults(func=_cmd_calibrate)
     return top
 
 
@@ -209,6 +220,31 @@ def _cmd_report(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = build_report(args.results, args.out)
     print(f"report: {written or args.out}")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from strategies.cost_model import CALIBRATION
+
+    from .calibrate import calibrate
+
+    if not args.results.is_file():
+        raise _Usage(f"jacbench calibrate: results file {str(args.results)!r} does not exist; "
+                     "make one with `python -m bench run --device cpu`")
+    try:
+        _, lines = calibrate(args.results, None if args.dry_run else args.out or CALIBRATION)
+    except ValueError as exc:
+        raise _Usage(f"jacbench calibrate: {exc}") from None
+    print("\n".join(lines))
+    from reports.auto import hit_rate  # measured: the torch.auto rows already in the results
+
+    from .store import load
+
+    df = load(args.results)
+    for versus in ("torch", "all"):
+        rate, _ = hit_rate(df, versus)
+        if rate.cases:
+            print(f"measured torch.auto rows: {rate}")
     return 0
 
 

@@ -198,12 +198,18 @@ def judge(exact: bool, err: float, tol: float, note: str = "") -> tuple[str, str
     return "disagrees", f"max error {err:.3g} > tolerance {tol:.0e}" + (f"; {note}" if note else "")
 
 
-def _warning_note(caught) -> str:
+def prepared_notes(fn) -> str:
+    """What a strategy says it did (torch.auto's pick, torch.structured's fallbacks): the
+    `notes` list its prepared callable may carry, for the row's message."""
+    return "; ".join(str(n) for n in getattr(fn, "notes", None) or ())
+
+
+def _warning_note(caught, said: str = "") -> str:
     seen = []
     for w in caught:
         text = one_line(w.message, 160) if isinstance(w.message, BaseException) else str(w.message)
         text = " ".join(text.split())[:160]
-        if text not in seen:
+        if text not in seen and text not in said:  # a warning that repeats a note: once
             seen.append(text)
     return "; ".join(f"warning: {t}" for t in seen[:2])
 
@@ -238,14 +244,16 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
             row["first_call_s"] = time.perf_counter() - t0
         except Exception as exc:  # the strategy's failure is a result, not a crash
             limit = transform_limit(exc)
-            what = f"{phase}: {one_line(exc)}"
+            said = prepared_notes(fn) if phase == "first call" else ""
+            what = f"{phase}: {one_line(exc)}" + (f"; {said}" if said else "")
             if limit and classify(exc) != "oom":
                 return {**row, "status": "not_applicable",
                         "message": f"the model is out of this strategy's reach ({limit}): "
                                    f"{what}"}
             return {**row, "status": classify(exc), "message": what}
     row["peak_mem_bytes"] = mem.peak()
-    note = _warning_note(caught)
+    said = prepared_notes(fn)
+    note = "; ".join(t for t in (said, _warning_note(caught, said)) if t)
     if ref is None:
         result = to_numpy(out)
         del out

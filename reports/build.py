@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench import store
 
+from . import auto as A
 from . import figures
 from . import summary as S
 
@@ -209,6 +210,39 @@ def _columns(spec):
     return [{"name": n, "title": t, "num": num} for n, t, num in spec]
 
 
+AUTO_COLUMNS = [
+    ("Quantity", "", False), ("Problem", "", False), ("Picked", "the strategy torch.auto ran "
+                                                     "(from its row's message)", False),
+    ("auto", "torch.auto's median (its own row)", True),
+    ("Fastest", "the fastest exact strategy with status ok (torch.auto's rivals: PyTorch "
+                "only, or every framework)", False),
+    ("Its time", "", True), ("Ratio", "torch.auto's median \u00f7 the fastest's", True),
+    ("Pick's own", "the picked strategy's own row \u00f7 the fastest's: the same pick timed "
+                   "in the same sweep as its rivals", True),
+]
+
+
+def auto_context(df: pd.DataFrame) -> dict:
+    """torch.auto's hit rates against PyTorch's and every framework's fastest exact strategy,
+    and the cases it missed (reports.auto)."""
+    out = {"threshold": A.THRESHOLD, "rates": [], "columns": _columns(AUTO_COLUMNS)}
+    for versus in ("torch", "all"):
+        rate, cases = A.hit_rate(df, versus)
+        rows = []
+        for r in cases[~cases["hit"]].sort_values("ratio", ascending=False).itertuples():
+            failed = r.status != "ok"
+            rows.append({"cls": "row-failed" if failed else "", "cells": [
+                _cell(r.quantity), _cell(_breakable(r.problem), cls="prob"),
+                _cell(r.picked or "?"),
+                _cell(r.status.replace("_", " ") if failed else S.fmt_time(_f(r.auto_s)),
+                      _f(r.auto_s)),
+                _cell(r.fastest), _cell(S.fmt_time(_f(r.fastest_s)), _f(r.fastest_s)),
+                _cell(S.fmt_ratio(_f(r.ratio)), _f(r.ratio)),
+                _cell(S.fmt_ratio(_f(r.pick_ratio)), _f(r.pick_ratio))]})
+        out["rates"].append({"rate": rate, "misses": rows, "id": f"auto-misses-{versus}"})
+    return out
+
+
 # ------------------------------------------------------------------------------ build
 def build_report(results, out_path, seeds_path=None) -> Path:
     """Write the report for `results` (a DataFrame, or a JSON Lines results file) to
@@ -261,6 +295,7 @@ def build_report(results, out_path, seeds_path=None) -> Path:
         "summary_columns": _columns(SUMMARY_COLUMNS),
         "summary_rows": summary_rows(table) if len(table) else [],
         "baseline_rule": S.BASELINE_RULE,
+        "auto": auto_context(df),
         "sections": sections,
         "failure_rows": result_rows(failed),
         "result_columns": _columns(RESULT_COLUMNS),

@@ -20,6 +20,7 @@ IMPLEMENTATIONS = (
     "torch_structured", "jax_structured", "torch_forward_tangent",
     "torch_hessian_backprop",
     "peer_backpack", "peer_curvlinops",
+    "torch_auto",  # last: it picks among the strategies registered before it
 )
 for _name in IMPLEMENTATIONS:
     importlib.import_module(f"{__name__}.{_name}")

@@ -1,0 +1,256 @@
+"""The cost model behind `torch.auto`: predicted time of each (quantity, strategy) from shapes.
+
+For each key (the quantity, and for the NTK its mode: "ntk[full]") and each strategy,
+
+    time ~= exp(c0) * n^c_n * m^c_m * B^c_B * P^c_P * W^c_W
+
+over the problem's features (`features`): n inputs and m outputs per sample, B samples, P
+parameters and W multiply-adds of one sample's forward pass. The coefficients are fitted by
+least squares on log-times (ridge-regularised, intercept free; `fit_loglinear`) to the suite's
+own measurements; `bench.calibrate` does that and writes them to `auto_calibration.json`.
+
+`rank` orders candidate strategies for a problem:
+1. strategies with a fitted model, by predicted time, except that one which timed out or ran
+   out of memory at a problem no larger in any feature (a "failure point") goes after those
+   that did not: growing the problem does not make it fit;
+2. then strategies without a model, in the rule order: most wins (fastest exact strategy on
+   a calibrated problem) for this key, then for the quantity in any NTK mode, then for the
+   same method name in any quantity; ties by name.
+When no candidate has a model (no calibration file, or a quantity never calibrated), the
+rule order alone decides, and the pick's note says so.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .problem import ModelSpec, Problem
+
+FEATURES = ("n", "m", "B", "P", "W")
+CALIBRATION = Path(__file__).with_name("auto_calibration.json")
+
+
+# ------------------------------------------------------------------------------ features
+def key(quantity: str, mode: str | None = None) -> str:
+    """The model key: NTK modes differ in output size and cost, so each gets its own models."""
+    return f"{quantity}[{mode}]" if mode else quantity
+
+
+def problem_key(problem: Problem) -> str:
+    return key(problem.quantity, problem.mode)
+
+
+def forward_macs(spec: ModelSpec) -> int:
+    """Multiply-adds of one sample's forward pass (elementwise layers count one per element),
+    by propagating the sample's shape through the layer list."""
+    shape, macs = tuple(spec.in_shape), 0
+    for layer in spec.layers:
+        size = int(np.prod(shape))
+        if layer.kind == "linear":
+            out_f, in_f = layer.params["weight"].shape
+            macs += out_f * in_f
+            shape = (*shape[:-1], out_f)
+        elif layer.kind == "conv2d":
+            c_out, c_in, kh, kw = layer.params["weight"].shape
+            pad, stride = layer.options.get("padding", 0), layer.options.get("stride", 1)
+            h = (shape[-2] + 2 * pad - kh) // stride + 1
+            w = (shape[-1] + 2 * pad - kw) // stride + 1
+            shape = (c_out, h, w)
+            macs += c_out * c_in * kh * kw * h * w
+        elif layer.kind == "avgpool2":
+            macs += size
+            shape = (*shape[:-2], shape[-2] // 2, shape[-1] // 2)
+        elif layer.kind == "flatten":
+            shape = (size,)
+        else:  # tanh, relu, sqrt, batch norm: elementwise
+            macs += size
+    return max(1, macs)
+
+
+def features(problem: Problem) -> dict[str, float]:
+    """n, m, B, P, W of a problem (each at least 1, so that its log is defined)."""
+    spec = problem.spec
+    n, m, P = spec.in_dim, spec.out_dim, spec.param_count
+    B = 0
+    for name, a in problem.data.items():
+        if name in ("X", "X1", "X2"):
+            B += a.shape[0]
+        elif name in ("x", "x1", "x2") and a.size != n:  # jac_diag on N independent scalars
+            B += a.size // max(n, 1)
+    # A user model has no layer list: a dense network's forward work is about its parameters.
+    W = forward_macs(spec) if isinstance(spec, ModelSpec) else P
+    return {"n": max(n, 1), "m": max(m, 1), "B": max(B, 1), "P": max(P, 1), "W": max(W, 1)}
+
+
+def log_features(feats: dict[str, float]) -> np.ndarray:
+    return np.log([float(feats[f]) for f in FEATURES])
+
+
+# ------------------------------------------------------------------------------ fitting
+def fit_loglinear(X: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> tuple[float, np.ndarray]:
+    """(c0, c) minimising ||y - c0 - X c||^2 + ridge ||c||^2 on log-features X (rows x
+    features) and log-times y. Columns are centred first, so the intercept is not penalised;
+    a column that does not vary gets coefficient 0 (lstsq's minimum-norm solution)."""
+    X, y = np.atleast_2d(np.asarray(X, float)), np.asarray(y, float)
+    mu_x, mu_y = X.mean(axis=0), y.mean()
+    k = X.shape[1]
+    A = np.vstack([X - mu_x, math.sqrt(ridge) * np.eye(k)])
+    b = np.concatenate([y - mu_y, np.zeros(k)])
+    c = np.linalg.lstsq(A, b, rcond=None)[0]
+    return float(mu_y - mu_x @ c), c
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured case: `log_s` the log median time, or None for a failure (`status`)."""
+    key: str
+    strategy: str
+    problem: str  # the problem id: leave-one-problem-out holds these out together
+    family: str
+    feats: dict
+    log_s: float | None
+    status: str = "ok"
+
+
+def fit(observations: list[Observation], ridge: float) -> dict:
+    """The "models" and "wins" sections of a calibration from measured observations.
+
+    models[key][strategy] = {"const", "exponents", "rows", "rms_log_residual", "failed"}:
+    fitted on the strategy's ok rows (a timeout also counts as a row at its time limit, a
+    lower bound on its time); `failed` lists the features where it timed out or ran out of
+    memory. wins[key][strategy] = problems on which it was the fastest ok strategy.
+    """
+    models: dict[str, dict] = {}
+    groups: dict[tuple, list[Observation]] = {}
+    for o in observations:
+        groups.setdefault((o.key, o.strategy), []).append(o)
+    for (k, s), obs in sorted(groups.items()):
+        timed = [o for o in obs if o.log_s is not None]
+        failed = [{"features": o.feats, "status": o.status} for o in obs
+                  if o.status in ("timeout", "oom")]
+        entry: dict = {"rows": len(timed), "failed": failed}
+        if timed:
+            X = np.array([log_features(o.feats) for o in timed])
+            y = np.array([o.log_s for o in timed])
+            c0, c = fit_loglinear(X, y, ridge)
+            resid = y - c0 - X @ c
+            entry.update(const=round(c0, 6),
+                         exponents={f: round(float(v), 6) for f, v in zip(FEATURES, c)},
+                         rms_log_residual=round(float(np.sqrt(np.mean(resid ** 2))), 4))
+        models.setdefault(k, {})[s] = entry
+    wins: dict[str, dict] = {}
+    best: dict[tuple, Observation] = {}
+    for o in observations:
+        if o.status == "ok" and o.log_s is not None:
+            cur = best.get((o.key, o.problem))
+            if cur is None or (o.log_s, o.strategy) < (cur.log_s, cur.strategy):
+                best[(o.key, o.problem)] = o
+    for (k, _), o in sorted(best.items()):
+        wins.setdefault(k, {})
+        wins[k][o.strategy] = wins[k].get(o.strategy, 0) + 1
+    return {"models": models, "wins": wins}
+
+
+# ------------------------------------------------------------------------------ prediction
+def predict(model: dict, feats: dict) -> float | None:
+    """Predicted seconds, or None for a model with no timed rows."""
+    if "const" not in model:
+        return None
+    logt = model["const"] + sum(model["exponents"][f] * math.log(feats[f]) for f in FEATURES)
+    return math.exp(logt)
+
+
+def fails_here(model: dict, feats: dict) -> str | None:
+    """The status of a failure point no larger than `feats` in every feature, or None."""
+    for point in model.get("failed", ()):
+        if all(feats[f] >= point["features"][f] for f in FEATURES):
+            return point["status"]
+    return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    predicted_s: float | None  # None: ranked by the rule order
+    fails: str | None = None  # "timeout"/"oom" at a smaller problem
+
+
+def _method(name: str) -> str:
+    return name.split(".", 1)[-1]
+
+
+def rule_order(names, k: str, calibration: dict) -> list[str]:
+    """The fallback order (module docstring, point 2)."""
+    wins = calibration.get("wins", {})
+    quantity = k.split("[", 1)[0]
+
+    def score(name):
+        here = wins.get(k, {}).get(name, 0)
+        same_q = sum(w.get(name, 0) for kk, w in wins.items() if kk.split("[", 1)[0] == quantity)
+        same_method = sum(c for w in wins.values() for s, c in w.items()
+                          if _method(s) == _method(name))
+        return (-here, -same_q, -same_method, name)
+
+    return sorted(names, key=score)
+
+
+def rank(problem: Problem, names, calibration: dict | None = None) -> list[Choice]:
+    """Candidate strategy names for `problem`, best first (module docstring)."""
+    calibration = load() if calibration is None else calibration
+    k, feats = problem_key(problem), features(problem)
+    models = calibration.get("models", {}).get(k, {})
+    modelled, rest = [], []
+    for name in names:
+        model = models.get(name)
+        t = predict(model, feats) if model else None
+        if t is None:
+            rest.append(name)
+        else:
+            modelled.append(Choice(name, t, fails_here(model, feats)))
+    modelled.sort(key=lambda c: (c.fails is not None, c.predicted_s, c.name))
+    return modelled + [Choice(n, None) for n in rule_order(rest, k, calibration)]
+
+
+def explain(choices: list[Choice], k: str) -> str:
+    """The pick's note: which strategy, predicted how fast, against what."""
+    top = choices[0]
+    if top.predicted_s is None:
+        return (f"picked {top.name} by the rule order (no cost model for {k}: most wins in "
+                f"calibrated cases, then name) among {len(choices)} candidates")
+    text = f"picked {top.name}: cost model predicts {_fmt(top.predicted_s)}"
+    runner = next((c for c in choices[1:] if c.predicted_s is not None), None)
+    if runner is not None:
+        text += f"; next {runner.name} {_fmt(runner.predicted_s)}"
+    unmodelled = sum(c.predicted_s is None for c in choices)
+    text += f"; {len(choices)} candidates"
+    if unmodelled:
+        text += f", {unmodelled} without calibration ranked after by the rule order"
+    if top.fails:
+        text += f"; every candidate had a {top.fails} at a smaller problem"
+    return text
+
+
+def _fmt(s: float) -> str:
+    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= f:
+            return f"{s / f:.3g} {unit}"
+    return f"{s * 1e9:.3g} ns"
+
+
+# ------------------------------------------------------------------------------ the file
+@lru_cache(maxsize=4)
+def _read(path: str, mtime: float) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def load(path: Path | str | None = None) -> dict:
+    """The calibration (see bench.calibrate), or {} when the file does not exist."""
+    path = Path(path or CALIBRATION)
+    if not path.is_file():
+        return {}
+    return _read(str(path), path.stat().st_mtime)
