@@ -36,7 +36,7 @@ import strategies
 from strategies.problem import Problem
 from strategies.quantities import NTK_MODES
 from strategies.registry import FRAMEWORKS, Strategy, unknown
-from strategies.user_model import is_user, reference_fits
+from strategies.user_model import is_user, prebuild, reference_fits
 
 from . import harness, store
 from .harness import Timing
@@ -583,6 +583,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         def child(send):
             harness.pin_threads(threads, case.device, slots[slot])
             harness.start_backend(case.strategy.framework, case.device)
+            prebuild(case.problem)  # a user model's factory runs outside the measured window
             ref = np.load(info.ref_path) if save_to is None else None
             out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
                                    threads, profile.timing, send,

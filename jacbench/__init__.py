@@ -28,15 +28,13 @@ def _numpy(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def _may_fork(framework: str, device: str) -> bool:
+def _may_fork(framework: str) -> bool:
     """Cases run in forked children unless this process cannot fork safely: CUDA already
-    initialised here (a forked child cannot use it), or a JAX function (its backend is
-    already running, and XLA is not fork-safe)."""
+    initialised here (a forked child can neither run CUDA cases nor copy a model that lives on
+    the GPU), or a JAX function (its backend is already running, and XLA is not fork-safe)."""
     import torch
 
-    if framework == "jax":
-        return False
-    return not (device.startswith("cuda") and torch.cuda.is_initialized())
+    return framework != "jax" and not torch.cuda.is_initialized()
 
 
 def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
@@ -82,7 +80,7 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
                              "for one sample use x[None]")
     qs, names, fws, ms = check_names(quantities, strategies, frameworks, modes)
     if isolate is None:
-        isolate = _may_fork(framework, device)
+        isolate = _may_fork(framework)
     if isolate and threads != 1:
         raise BadInput("threads > 1 needs isolate=False: forked cases cannot use more than "
                        "one thread after this process has run torch; or use the command line "

@@ -229,7 +229,10 @@ def auto_context(df: pd.DataFrame) -> dict:
     for versus in ("torch", "all"):
         rate, cases = A.hit_rate(df, versus)
         rows = []
-        for r in cases[~cases["hit"]].sort_values("ratio", ascending=False).itertuples():
+        # astype(bool): with no torch.auto rows the column is an empty object Series, which
+        # pandas would read as a list of column labels rather than a mask.
+        misses = cases[~cases["hit"].astype(bool)]
+        for r in misses.sort_values("ratio", ascending=False).itertuples():
             failed = r.status != "ok"
             rows.append({"cls": "row-failed" if failed else "", "cells": [
                 _cell(r.quantity), _cell(_breakable(r.problem), cls="prob"),

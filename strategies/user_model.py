@@ -189,19 +189,37 @@ def torch_module(spec: UserModel, device, dtype):
                              "nn.Module")
     if spec.factory is None:
         try:
-            model = copy.deepcopy(spec.obj)
+            model = _PREBUILT.pop(id(spec), None) or copy.deepcopy(spec.obj)
         except Exception as exc:
             raise UserModelError(f"{spec.name}: copy.deepcopy(model) raised "
                                  f"{type(exc).__name__}: {_first_line(exc)}; the suite works "
                                  "on a copy, so the model must be deep-copyable") from None
     else:
-        model = spec.build()  # freshly built in this process: already a private copy
-        if spec.digest and weights_digest(model) != spec.digest:
-            raise UserModelError(f"--model {spec.factory!r} builds different weights on each "
-                                 "call even with torch, numpy and random seeded: seed its "
-                                 "own generator or load a checkpoint")
+        model = _PREBUILT.pop(id(spec), None) or _build_checked(spec)
     _no_inference_fastpath()
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _build_checked(spec: UserModel):
+    model = spec.build()  # freshly built in this process: already a private copy
+    if spec.digest and weights_digest(model) != spec.digest:
+        raise UserModelError(f"--model {spec.factory!r} builds different weights on each "
+                             "call even with torch, numpy and random seeded: seed its own "
+                             "generator or load a checkpoint")
+    return model
+
+
+# Models built ahead of a case (`prebuild`), taken by the next torch_module call for them.
+_PREBUILT: dict[int, Any] = {}
+
+
+def prebuild(problem) -> None:
+    """Build (or copy) a user model's module now, before a case's peak-memory window opens,
+    so that the factory's own temporaries (a checkpoint read, warm-up passes) and the copy
+    are not charged to the strategy. Its weights still are, as for the built-in models."""
+    spec = problem.spec
+    if isinstance(spec, UserModel) and spec.framework == "torch":
+        _PREBUILT[id(spec)] = _build_checked(spec) if spec.factory else copy.deepcopy(spec.obj)
 
 
 def _no_inference_fastpath() -> None:
