@@ -487,8 +487,8 @@ def drop_output(outputs: dict, case: Case) -> None:
 def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | str = "quick",
           timeout_s: float | None = None, mem_cap_gb: float | None = None,
           threads: int | None = None, jobs: int | None = None, resume: bool = False,
-          progress: Progress | None = None, quiet: bool = False, isolate: bool = True,
-          run_id: str | None = None) -> Summary:
+          progress: Progress | None = None, quiet: bool = False,
+          isolate: bool = True) -> Summary:
     """Run `cases`, appending one row per case to `results`; returns counts by status.
 
     Up to `jobs` children run at once, each on its own `threads` CPUs; the cases of one ladder
@@ -513,8 +513,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     if isolate:
         prepare_zygote()
 
-    run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + \
-        secrets.token_hex(3)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
     refs_dir = results.parent / "refs"
     log = results.parent / "logs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

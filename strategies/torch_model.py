@@ -53,6 +53,11 @@ def build_module(spec: ModelSpec, device="cpu", dtype=torch.float32) -> nn.Modul
     return model.to(device=device, dtype=dtype).eval()
 
 
+def _per_sample(y: torch.Tensor) -> torch.Tensor:
+    """(B, m): a user model may return (B,) or (B, C, H, W); a no-op view on (B, m)."""
+    return y.reshape(y.shape[0], -1)
+
+
 @dataclass
 class TorchView:
     """A problem on one device and dtype: module, parameters, data, and the function views.
@@ -79,14 +84,14 @@ class TorchView:
     def fb(self, X):
         # Inputs may come flat (B, n) (user problems' batch_jacobian), outputs are flattened
         # per sample (a user model may return (B, C, H, W)); both are no-ops otherwise.
-        return self.model(X.reshape(X.shape[0], *self.problem.spec.in_shape)).flatten(1)
+        return _per_sample(self.model(X.reshape(X.shape[0], *self.problem.spec.in_shape)))
 
     def fp(self, params, X):
-        return functional_call(self.model, (params, self.buffers), (X,)).flatten(1)
+        return _per_sample(functional_call(self.model, (params, self.buffers), (X,)))
 
     def fd(self, x):
         if "separable" in self.problem.flags:  # one scalar input per sample (seed 002)
-            return self.model(x.reshape(-1, *self.problem.spec.in_shape)).flatten(1)
+            return _per_sample(self.model(x.reshape(-1, *self.problem.spec.in_shape)))
         return self.f(x).reshape(-1, 1)  # a square map R^N -> R^N
 
     @property

@@ -19,7 +19,6 @@ import torch
 import jacbench
 from bench import store
 from bench.cli import main
-from strategies import tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -96,6 +95,17 @@ def test_compare_falls_back_to_the_consensus_when_the_reference_does_not_fit(tmp
     ok, _ = _check_rows(df, min_ok=3, reference="consensus")
     assert ok["message"].str.contains("median of 3 exact strategies").all()
     assert "consensus (median) of the exact strategies" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("head,m", [(torch.nn.Flatten(0), 1), (torch.nn.Unflatten(1, (1, 2, 2)), 4)])
+def test_outputs_of_any_shape_are_flattened_per_sample(tmp_path, head, m):
+    """A scalar per sample (B,) and an image per sample (B, 1, 2, 2)."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, m), torch.nn.Tanh(), head)
+    df = jacbench.compare(model, torch.randn(2, 3), quantities=["batch_jacobian", "ntk"],
+                          modes="trace", results=tmp_path / "r.jsonl", profile="test",
+                          strategies="torch.vmap_jacrev,torch.jacobian_contraction,"
+                                     "torch.structured")
+    _check_rows(df, min_ok=3)
 
 
 # ------------------------------------------------------------------------------ bad input
