@@ -6,8 +6,9 @@ For each key (the quantity, and for the NTK its mode: "ntk[full]") and each stra
 
 over the problem's features (`features`): n inputs and m outputs per sample, B samples, P
 parameters and W multiply-adds of one sample's forward pass. The coefficients are fitted by
-least squares on log-times (ridge-regularised, intercept free; `fit_loglinear`) to the suite's
-own measurements; `bench.calibrate` does that and writes them to `auto_calibration.json`.
+least squares on log-times to the suite's own measurements, all strategies of a key at once
+(`fit_pooled`: each strategy's exponents are the key's shared ones plus a ridge-penalised
+deviation); `bench.calibrate` does that and writes them to `auto_calibration.json`.
 
 `rank` orders candidate strategies for a problem:
 1. strategies with a fitted model, by predicted time, except that one which timed out or ran
@@ -32,6 +33,9 @@ import numpy as np
 from .problem import ModelSpec, Problem
 
 FEATURES = ("n", "m", "B", "P", "W")
+# A light penalty on the shared exponents too: P and W are nearly equal on MLPs, and without
+# it a held-out conv net got wild shared P and W exponents of opposite signs.
+SHARED_RIDGE = 0.3
 CALIBRATION = Path(__file__).with_name("auto_calibration.json")
 
 
@@ -105,6 +109,42 @@ def fit_loglinear(X: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> tuple[flo
     return float(mu_y - mu_x @ c), c
 
 
+def fit_pooled(Xs: list[np.ndarray], ys: list[np.ndarray], ridge: float
+               ) -> list[tuple[float, np.ndarray]]:
+    """(c0_s, c_s) for several strategies of one key at once: c_s = shared + d_s.
+
+    Least squares over all their rows, with an intercept per strategy, exponents `shared` by
+    all, and per-strategy deviations d_s penalised by ridge ||d_s||^2: a strategy's exponents
+    are pulled towards the key's common scaling (every way to compute a quantity grows with
+    the problem), not towards zero, and a strategy measured at few sizes borrows the
+    scaling of the others. Features are centred on the key's mean, so that shrinking a
+    deviation pivots around the middle of the data.
+    """
+    S, k = len(Xs), Xs[0].shape[1]
+    mu = np.concatenate(Xs).mean(axis=0)
+    blocks, rhs = [], []
+    for s, (X, y) in enumerate(zip(Xs, ys)):
+        Xc = X - mu
+        row = np.zeros((len(X), S + k + S * k))
+        row[:, s] = 1.0
+        row[:, S:S + k] = Xc
+        row[:, S + k + s * k:S + k + (s + 1) * k] = Xc
+        blocks.append(row)
+        rhs.append(y)
+    penalty = np.zeros((k + S * k, S + k + S * k))
+    penalty[:k, S:S + k] = math.sqrt(SHARED_RIDGE) * np.eye(k)
+    penalty[k:, S + k:] = math.sqrt(ridge) * np.eye(S * k)
+    A = np.vstack([*blocks, penalty])
+    b = np.concatenate([*rhs, np.zeros(k + S * k)])
+    sol = np.linalg.lstsq(A, b, rcond=None)[0]
+    shared = sol[S:S + k]
+    out = []
+    for s in range(S):
+        c = shared + sol[S + k + s * k:S + k + (s + 1) * k]
+        out.append((float(sol[s] - mu @ c), c))
+    return out
+
+
 @dataclass(frozen=True)
 class Observation:
     """One measured case: `log_s` the log median time, or None for a failure (`status`)."""
@@ -126,23 +166,28 @@ def fit(observations: list[Observation], ridge: float) -> dict:
     memory. wins[key][strategy] = problems on which it was the fastest ok strategy.
     """
     models: dict[str, dict] = {}
-    groups: dict[tuple, list[Observation]] = {}
+    groups: dict[str, dict[str, list[Observation]]] = {}
     for o in observations:
-        groups.setdefault((o.key, o.strategy), []).append(o)
-    for (k, s), obs in sorted(groups.items()):
-        timed = [o for o in obs if o.log_s is not None]
-        failed = [{"features": o.feats, "status": o.status} for o in obs
-                  if o.status in ("timeout", "oom")]
-        entry: dict = {"rows": len(timed), "failed": failed}
-        if timed:
-            X = np.array([log_features(o.feats) for o in timed])
-            y = np.array([o.log_s for o in timed])
-            c0, c = fit_loglinear(X, y, ridge)
-            resid = y - c0 - X @ c
-            entry.update(const=round(c0, 6),
-                         exponents={f: round(float(v), 6) for f, v in zip(FEATURES, c)},
-                         rms_log_residual=round(float(np.sqrt(np.mean(resid ** 2))), 4))
-        models.setdefault(k, {})[s] = entry
+        groups.setdefault(o.key, {}).setdefault(o.strategy, []).append(o)
+    for k, by_strategy in sorted(groups.items()):
+        names = sorted(by_strategy)
+        timed = {s: [o for o in by_strategy[s] if o.log_s is not None] for s in names}
+        fitted = [s for s in names if timed[s]]
+        Xs = [np.array([log_features(o.feats) for o in timed[s]]) for s in fitted]
+        ys = [np.array([o.log_s for o in timed[s]]) for s in fitted]
+        coefs = dict(zip(fitted, fit_pooled(Xs, ys, ridge))) if fitted else {}
+        for s in names:
+            failed = [{"features": o.feats, "status": o.status} for o in by_strategy[s]
+                      if o.status in ("timeout", "oom")]
+            entry: dict = {"rows": len(timed[s]), "failed": failed}
+            if s in coefs:
+                c0, c = coefs[s]
+                X, y = Xs[fitted.index(s)], ys[fitted.index(s)]
+                resid = y - c0 - X @ c
+                entry.update(const=round(c0, 6),
+                             exponents={f: round(float(v), 6) for f, v in zip(FEATURES, c)},
+                             rms_log_residual=round(float(np.sqrt(np.mean(resid ** 2))), 4))
+            models.setdefault(k, {})[s] = entry
     wins: dict[str, dict] = {}
     best: dict[tuple, Observation] = {}
     for o in observations:

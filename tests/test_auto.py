@@ -70,6 +70,21 @@ def test_fit_recovers_known_exponents_from_synthetic_rows():
     assert np.abs(c - true).max() < 0.05
 
 
+def test_pooled_fit_recovers_each_strategy_and_lends_sparse_ones_the_shared_scaling():
+    rng = np.random.default_rng(1)
+    X = np.log(rng.integers(1, 5000, size=(30, len(FEATURES))))
+    a, b = np.array([1.0, 0.0, 1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    (ca, ea), (cb, eb) = cost_model.fit_pooled([X, X], [-10 + X @ a, -12 + X @ b], ridge=1e-9)
+    assert (ca, cb) == (pytest.approx(-10, abs=1e-3), pytest.approx(-12, abs=1e-3))
+    assert ea == pytest.approx(a, abs=1e-4) and eb == pytest.approx(b, abs=1e-4)
+    # A strategy timed at one size only: alone it would get no exponents at all; pooled with
+    # two that both scale as n * W, it is predicted to scale the same way.
+    one = X[:1]
+    fits = cost_model.fit_pooled([X, X, one], [X @ a, 1 + X @ a, 2 + one @ a], ridge=10.0)
+    assert fits[2][1] == pytest.approx(a, abs=0.05)
+    assert fit_loglinear(one, 2 + one @ a)[1] == pytest.approx(np.zeros(len(FEATURES)))
+
+
 def test_fit_gives_a_constant_feature_no_exponent():
     X = np.log([[4, 1, 7, 9, 9], [8, 1, 7, 90, 90], [16, 1, 7, 900, 900]], dtype=float)
     y = X[:, 0] * 2.0 + 1.0
