@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.jacbench-installed
 
-.PHONY: test bench setup clean pybench asv-machine asv-quick asv asv-history asv-compare asv-publish
+.PHONY: test bench setup clean peers pybench asv-machine asv-quick asv asv-history asv-compare asv-publish
 
 setup: $(STAMP)
 
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e .
 	@touch $(STAMP)
+
+# Optional peer libraries (issue 7's side-by-side rows). --no-deps: backpack-for-pytorch asks for
+# torchvision, whose PyPI build expects CUDA torch and breaks the import beside CPU torch 2.13;
+# BackPACK only uses it in examples. Without them those strategies report "not installed".
+peers: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch curvlinops-for-pytorch
+	$(PY) -m pip install --quiet einops unfoldNd einconv linear_operator opt-einsum scipy tqdm
 
 test: $(STAMP)
 	$(PY) -m pytest tests
