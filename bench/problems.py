@@ -157,7 +157,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                               "scale": 3}]},
             "quick": {"param_jacobian": _sizes("B", [4, 8], channels=4, hidden=32, image=16),
                       "ntk": [{"channels": 4, "hidden": 32, "image": 16, "B1": b, "B2": b,
-                               "scale": b} for b in (4, 8, 16)]},
+                               "scale": b} for b in (4, 8)]},
             "full": {"param_jacobian": _sizes("B", [25, 50, 100], channels=16, hidden=192,
                                               image=32),
                      "ntk": [{"channels": 16, "hidden": 192, "image": 32, "B1": b, "B2": b,

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from multiprocessing import connection as mp_connection
 from pathlib import Path
@@ -71,6 +71,9 @@ PROFILES = {p.name: p for p in [
     Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
             about="tiny problems, a smoke test of the whole pipeline in seconds"),
 ]}
+
+
+REFERENCE_TIMEOUT_S = 300.0
 
 
 def default_threads() -> int:
@@ -555,7 +558,10 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         note(f"reference ({info.reference}) and forward pass: {p.quantity} {p.id} "
              f"{case.device} {case.dtype}")
-        running[slot] = _Job(Runner(child, limits, log), key=key, info=info, case_of=case)
+        # A reference is not a timed case: the float64 dense route may take minutes where a
+        # good strategy takes milliseconds, and without it no case of the problem can be judged.
+        ref_limits = replace(limits, timeout_s=max(limits.timeout_s, REFERENCE_TIMEOUT_S))
+        running[slot] = _Job(Runner(child, ref_limits, log), key=key, info=info, case_of=case)
 
     def finish_problem(job: _Job, out) -> None:
         info = job.info
