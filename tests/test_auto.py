@@ -226,16 +226,15 @@ def test_report_shows_the_hit_rate_and_the_misses(tmp_path):
 
 
 # ------------------------------------------------------------------------------ calibrate
-def test_calibrate_recovers_costs_written_as_rows_and_picks_the_fastest(tmp_path):
-    """Rows whose medians follow known power laws: the calibration file recovers the
-    exponents and the offline picks all hit, in-sample and held out."""
-    results, out = tmp_path / "results.jsonl", tmp_path / "cal.json"
-    law = {"torch.jacfwd": lambda f: 1e-8 * f["n"] ** 2,
-           "torch.jacrev": lambda f: 1e-8 * f["m"] ** 2}
+LAW = {"torch.jacfwd": lambda f: 1e-8 * f["n"] ** 2, "torch.jacrev": lambda f: 1e-8 * f["m"] ** 2}
+
+
+def _law_rows(results) -> list:
+    """Rows of two jacobian strategies whose medians follow the power laws in LAW."""
     probs = problems("jacobian", "quick", "seed004_linear_tanh") + \
         problems("jacobian", "quick", "mlp_outputs")
     for p in probs:
-        for name, cost in law.items():
+        for name, cost in LAW.items():
             store.append(results, {
                 "case_id": store.case_id("jacobian", p.id, name, "cpu", "float32"),
                 "quantity": "jacobian", "problem": p.id, "family": p.family, "size": p.size,
@@ -243,6 +242,14 @@ def test_calibrate_recovers_costs_written_as_rows_and_picks_the_fastest(tmp_path
                 "exact": True, "device": "cpu", "dtype": "float32", "status": "ok",
                 "median_s": cost(features(p)), "commit": "abc", "run_id": "r1",
                 "timestamp": "2025-01-01T00:00:00+00:00"})
+    return probs
+
+
+def test_calibrate_recovers_costs_written_as_rows_and_picks_the_fastest(tmp_path):
+    """The calibration file recovers the exponents of the rows' power laws, and the offline
+    picks all hit, in-sample and held out."""
+    results, out = tmp_path / "results.jsonl", tmp_path / "cal.json"
+    probs = _law_rows(results)
     cal, lines = calibrate(results, out, ridge=1e-6)
     written = json.loads(out.read_text())
     assert written["fitted_on"]["rows"] == 2 * len(probs) and written["fitted_on"]["commits"] \
@@ -251,3 +258,16 @@ def test_calibrate_recovers_costs_written_as_rows_and_picks_the_fastest(tmp_path
     assert fwd["n"] == pytest.approx(2.0, abs=1e-3) and fwd["m"] == pytest.approx(0, abs=1e-3)
     assert "in-sample: 6/6 = 100.0%" in lines[1]
     assert "leave-one-problem-out: 6/6 = 100.0%" in lines[2]
+
+
+def test_calibrate_command_writes_the_file_and_prints_the_hit_rates(tmp_path, capsys):
+    from bench.cli import main
+
+    results, out = tmp_path / "results.jsonl", tmp_path / "cal.json"
+    _law_rows(results)
+    assert main(["calibrate", str(results), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "leave-one-family-out" in printed and f"wrote {out}" in printed
+    assert set(json.loads(out.read_text())["models"]["jacobian"]) == set(LAW)
+    assert main(["calibrate", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
