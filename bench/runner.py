@@ -137,6 +137,25 @@ def _size_matches(p: Problem, size: str) -> bool:
     return size == p.size or size == str(p.size_param)
 
 
+def check_filters(quantities, strategy_names, frameworks, modes) -> tuple[list, list, list, list]:
+    """The name filters as lists, validated (UnknownName with close matches for a typo)."""
+    quantities = _names(quantities)
+    for q in quantities:
+        strategies.quantity(q)
+    names = _names(strategy_names)
+    for n in names:
+        strategies.strategies(name=n)
+    fws = _names(frameworks)
+    for f in fws:
+        if f not in FRAMEWORKS:
+            raise unknown("framework", f, FRAMEWORKS)
+    modes = _names(modes)
+    for m in modes:
+        if m not in NTK_MODES:
+            raise unknown("ntk mode", m, NTK_MODES)
+    return quantities, names, fws, modes
+
+
 def select_cases(profile: Profile | str = "quick", quantities=None, strategy_names=None,
                  families=None, sizes=None, frameworks=None, device: str = "cpu",
                  dtype: str | None = None, modes=None) -> list[Case]:
@@ -152,25 +171,12 @@ def select_cases(profile: Profile | str = "quick", quantities=None, strategy_nam
     if dtype not in DTYPES:
         raise unknown("dtype", dtype, DTYPES)
     check_device(device)
-    quantities = _names(quantities)
-    for q in quantities:
-        strategies.quantity(q)
-    names = _names(strategy_names)
-    for n in names:
-        strategies.strategies(name=n)
-    fws = _names(frameworks)
-    for f in fws:
-        if f not in FRAMEWORKS:
-            raise unknown("framework", f, FRAMEWORKS)
+    quantities, names, fws, modes = check_filters(quantities, strategy_names, frameworks, modes)
     fams = _names(families)
     for f in fams:
         if f not in FAMILIES:
             raise unknown("problem family", f, FAMILIES)
     sizes = _names(sizes)
-    modes = _names(modes)
-    for m in modes:
-        if m not in NTK_MODES:
-            raise unknown("ntk mode", m, NTK_MODES)
 
     family_order = {name: i for i, name in enumerate(FAMILIES)}
     probs = [p for p in problems(ladder=profile.ladder)

@@ -31,7 +31,6 @@ import numpy as np
 import strategies
 from strategies.problem import Problem
 from strategies.quantities import NTK_MODES, QUANTITIES
-from strategies.registry import FRAMEWORKS, unknown
 from strategies.user_model import (UserModel, UserModelError, call_factory, kind_of,
                                    load_factory, weights_digest)
 
@@ -346,24 +345,12 @@ def problems_for(spec: UserModel, batches: dict[int, np.ndarray], facts: dict[in
 
 
 def check_names(quantities, strategy_names, frameworks, modes) -> tuple[list, list, list, list]:
-    """The filters, validated (UnknownName with close matches for a typo)."""
-    from .runner import _names
+    """The filters, validated (UnknownName with close matches for a typo); no quantity given
+    means the default quantities for a user model."""
+    from .runner import check_filters
 
-    qs = _names(quantities) or list(DEFAULT_QUANTITIES)
-    for q in qs:
-        strategies.quantity(q)
-    names = _names(strategy_names)
-    for n in names:
-        strategies.strategies(name=n)
-    fws = _names(frameworks)
-    for f in fws:
-        if f not in FRAMEWORKS:
-            raise unknown("framework", f, FRAMEWORKS)
-    ms = _names(modes)
-    for m in ms:
-        if m not in NTK_MODES:
-            raise unknown("ntk mode", m, NTK_MODES)
-    return qs, names, fws, ms
+    qs, names, fws, ms = check_filters(quantities, strategy_names, frameworks, modes)
+    return qs or list(DEFAULT_QUANTITIES), names, fws, ms
 
 
 def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> list:
