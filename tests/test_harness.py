@@ -257,3 +257,73 @@ def test_exclusive_phases_never_overlap_and_waiting_for_them_is_not_timed(tmp_pa
     assert [o.status for o in outs] == ["done", "done"], [o.message for o in outs]
     (_, end1), (start2, _) = sorted(o.result for o in outs)
     assert end1 <= start2
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_timing_child_stops_its_siblings_and_their_clocks(tmp_path):
+    from bench import isolation
+
+    lock = tmp_path / "timing.lock"
+
+    def spinner(send):  # 0.5 s of CPU: ~0.5 s of wall alone, ~2 s if the stop counted
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.5:
+            pass
+        return "spun"
+
+    def timer(send):
+        with exclusive(lock, send):
+            seen, deadline = set(), time.monotonic() + 1.5
+            while time.monotonic() < deadline:  # SIGSTOP lands asynchronously
+                seen |= {_state(p) for p in isolation._siblings()}
+                time.sleep(0.05)
+        return sorted(seen)
+
+    spin = Child(spinner, Limits(timeout_s=1.5, mem_cap_bytes=100 * 2 ** 20, poll_s=0.02))
+    time.sleep(0.1)
+    tim = Child(timer, Limits(timeout_s=10, mem_cap_bytes=100 * 2 ** 20, poll_s=0.02))
+    outs, spinner_held = [None, None], False
+    while None in outs:
+        for i, child in enumerate((spin, tim)):
+            if outs[i] is None:
+                outs[i] = child.poll(0.01)
+        spinner_held |= spin.paused
+    assert outs[1].status == "done" and "T" in outs[1].result, outs[1]
+    assert spinner_held
+    # It was stopped for ~1.5 s, longer than its limit, and finished: that time was not counted.
+    assert outs[0].status == "done" and outs[0].result == "spun", outs[0].message
+    assert outs[0].wall_s > 1.5
+
+
+def test_siblings_continue_when_the_timing_child_dies(tmp_path):
+    lock = tmp_path / "timing.lock"
+
+    def sleeper(send):
+        time.sleep(1.0)
+        return "woke"
+
+    def dies_while_timing(send):
+        with exclusive(lock, send):
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    limits = Limits(timeout_s=10, mem_cap_bytes=100 * 2 ** 20, poll_s=0.02)
+    sleep = Child(sleeper, limits)
+    time.sleep(0.1)
+    die = Child(dies_while_timing, limits)
+    outs = [None, None]
+    t0 = time.monotonic()
+    try:
+        while None in outs and time.monotonic() - t0 < 8:
+            for i, child in enumerate((sleep, die)):
+                if outs[i] is None:
+                    outs[i] = child.poll(0.01)
+    finally:  # a sibling left stopped would otherwise hang the test run at exit
+        for child in (sleep, die):
+            child.kill()
+    assert outs[1] is not None and outs[1].status in ("error", "oom")
+    assert outs[0] is not None and outs[0].status == "done" and outs[0].result == "woke"
