@@ -107,67 +107,27 @@ def _signal_name(num: int) -> str:
 
 
 PAUSE = "_paused"  # a partial-message key: True while the child waits for the exclusive lock
-QUIET = "_quiet"  # a partial-message key: True while the child times with its siblings stopped
-
-# The pids of the running children, in memory the zygote shares with every child it forks
-# (created before the first fork). Holding the timing lock is not enough for a quiet machine:
-# a neighbour streaming memory on the other core slowed a timed hvp from 1.8 ms to 3.1 ms
-# (one numpy loop on the second CPU of this 2-core machine), so the timing child stops its
-# siblings with SIGSTOP for as long as it times, and the parent pauses their clocks.
-_PIDS_MAX = 256
-_pids = None
-_live: dict = {}  # pid -> Child, in the parent
-
-
-def _pid_table():
-    global _pids
-    if _pids is None:
-        _pids = _CTX.Array("i", _PIDS_MAX, lock=False)
-    return _pids
-
-
-def _siblings() -> list[int]:
-    me = os.getpid()
-    return [p for p in (_pids or ()) if p and p != me]
-
-
-def _signal_all(pids, sig) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @contextlib.contextmanager
 def exclusive(lock_path, send=None):
-    """Hold the machine-wide timing lock (an flock, released even if the holder is killed),
-    and stop the sibling children while holding it (see `_pids`).
+    """Hold the machine-wide timing lock (an flock, released even if the holder is killed).
 
     Cases run side by side during their untimed and first-call phases, but steady-state timing
-    happens alone. `send` tells the parent to stop this child's clock while it waits, and the
-    siblings' clocks while they are stopped.
+    happens alone. `send` tells the parent to stop this child's clock while it waits.
     """
     if lock_path is None:
         yield
         return
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    stopped: list[int] = []
-    quiet = False
     try:
         if send:
             send({PAUSE: True})
         fcntl.flock(fd, fcntl.LOCK_EX)
         if send:
-            send({PAUSE: False, QUIET: True})
-        quiet = True
-        stopped = _siblings()
-        _signal_all(stopped, signal.SIGSTOP)
+            send({PAUSE: False})
         yield
     finally:
-        _signal_all(stopped, signal.SIGCONT)
-        if send and quiet:
-            send({QUIET: False})
         os.close(fd)  # releases the lock
 
 
@@ -183,11 +143,9 @@ class Child:
         self.conn, child_conn = _CTX.Pipe(duplex=False)
         self.base = rss_bytes(os.getpid())
         self.proc = _CTX.Process(target=_child, args=(fn, child_conn, log_path), daemon=True)
-        table = _pid_table()
         self.start = self.clock_from = time.monotonic()
         self.used = 0.0  # seconds counted against the time limit, pauses left out
-        self.holds: set[str] = set()  # why the clock is stopped: PAUSE (lock wait), QUIET
-        self.quiet = False  # this child has stopped its siblings
+        self.paused = False
         self.out = Outcome("error")
         self.final = None
         self.killed = None
@@ -199,11 +157,6 @@ class Child:
                                     DeprecationWarning)
             self.proc.start()
         child_conn.close()  # so that the child's exit shows as EOF here
-        for i, pid in enumerate(table):
-            if not pid:
-                table[i] = self.proc.pid
-                break
-        _live[self.proc.pid] = self
 
     def poll(self, wait_s: float = 0.0) -> Outcome | None:
         """Read what the child sent, check its memory and clock; the Outcome once it ended."""
@@ -228,30 +181,16 @@ class Child:
                 self.final = (kind, data)
                 return
             if PAUSE in data:
-                self._hold(PAUSE, data.pop(PAUSE))
-            if QUIET in data:
-                self._quiet(data.pop(QUIET))
+                self._pause(data.pop(PAUSE))
             self.out.partial.update(data)
 
-    def _hold(self, reason: str, on: bool) -> None:
+    def _pause(self, paused: bool) -> None:
         now = time.monotonic()
-        if on and not self.holds:
+        if paused and not self.paused:
             self.used += now - self.clock_from
-        was = bool(self.holds)
-        (self.holds.add if on else self.holds.discard)(reason)
-        if was and not self.holds:
+        elif not paused and self.paused:
             self.clock_from = now
-
-    def _quiet(self, on: bool) -> None:
-        """This child stopped (on) or continued its siblings: their clocks follow."""
-        self.quiet = on
-        for pid, other in list(_live.items()):
-            if other is not self:
-                other._hold(QUIET, on)
-
-    @property
-    def paused(self) -> bool:
-        return bool(self.holds)
+        self.paused = paused
 
     def _watch(self) -> None:
         grown = rss_bytes(self.proc.pid) - self.base
@@ -268,32 +207,14 @@ class Child:
     def kill(self) -> None:
         if self.proc.is_alive():
             self.proc.kill()
-        self._forget()
         self.proc.join()
         self.conn.close()
-
-    def _forget(self) -> None:
-        """Take this child out of the pid table (before it is reaped, so that its pid cannot
-        have been reused when a sibling reads the table), and if it died while its siblings
-        were stopped, continue them."""
-        table = _pid_table()
-        for i, pid in enumerate(table):
-            if pid == self.proc.pid:
-                table[i] = 0
-        _live.pop(self.proc.pid, None)
-        if self.quiet:
-            self._quiet(False)
-        # It may have stopped its siblings before the parent read its QUIET message (killed on
-        # its time limit while timing), so continue them unless another child is timing.
-        if not any(c.quiet for c in _live.values()):
-            _signal_all(list(_live), signal.SIGCONT)
 
     def _finish(self) -> Outcome:
         out, proc = self.out, self.proc
         if self.killed or self.final is None:
             if proc.is_alive():
                 proc.kill()
-        self._forget()
         proc.join(timeout=10)
         if proc.is_alive():
             proc.kill()
@@ -351,7 +272,6 @@ class InProcess:
             else:
                 os.environ["XLA_FLAGS"] = xla_flags
             self.out.partial.pop(PAUSE, None)
-            self.out.partial.pop(QUIET, None)
             self.out.wall_s = time.monotonic() - start
 
     def poll(self, wait_s: float = 0.0) -> Outcome:
