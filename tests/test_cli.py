@@ -239,3 +239,25 @@ def test_progress_on_a_terminal_is_a_bar_naming_the_current_case():
     progress.close()
     text = out.getvalue()
     assert "jacobian/mlp_width@n=5,width=6,m=3/torch.jacrev" in text and "1/1" in text
+
+
+def test_quick_trims_jax_but_not_named_strategies_or_full():
+    from bench.runner import select_cases
+
+    def sizes(cases, name):
+        return sorted(c.problem.size_param for c in cases if c.strategy.name == name
+                      and c.problem.family == "mlp_width" and c.quantity == "hvp")
+
+    quick = select_cases("quick", quantities=["hvp", "ntk"])
+    ladder = sizes(quick, "torch.double_backward")
+    assert len(ladder) == 3
+    assert sizes(quick, "jax.fwd_over_rev_jit") == ladder
+    assert sizes(quick, "jax.fwd_over_rev") == ladder[:1]  # eager JAX: smallest size only
+    assert sizes(select_cases("quick", quantities=["hvp"], strategy_names=["jax.fwd_over_rev"]),
+                 "jax.fwd_over_rev") == ladder
+    conv_modes = {c.problem.mode for c in quick
+                  if c.problem.family == "seed003_convnet" and c.strategy.framework == "jax"}
+    assert conv_modes == {"full"}
+    full = select_cases("full", quantities=["ntk"], frameworks=["jax"])
+    assert {c.problem.mode for c in full if c.problem.family == "seed003_convnet"} == \
+        {"full", "trace", "diagonal"}
