@@ -16,6 +16,7 @@ stderr that says what is allowed, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -218,7 +219,7 @@ def _cmd_report(args) -> int:
               f"imported ({exc})", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    written = build_report(args.results, args.out)
+    written = build_report(args.results, args.out, workers=len(os.sched_getaffinity(0)))
     print(f"report: {written or args.out}")
     return 0
 

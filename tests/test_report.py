@@ -203,6 +203,12 @@ def test_a_dataframe_builds_the_same_tables(results, tmp_path):
     assert f"{len(df)} results" in html
 
 
+def test_figures_drawn_in_two_processes_are_the_same_page(results, page, tmp_path):
+    out = build_report(results, tmp_path / "two.html", workers=2)
+    date = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    assert date.sub("", out.read_text()) == date.sub("", page.read_text())
+
+
 # ------------------------------------------------------------------------------ browser
 def _chromium(tmp_path: Path, *args) -> subprocess.CompletedProcess:
     profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
