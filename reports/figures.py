@@ -155,7 +155,7 @@ def line_figure(q: pd.DataFrame, metric: str, ylabel: str, top_k: int = TOP_K):
             sub = prow[prow["framework"] == fw]
             title = f"{panel} \u00b7 {fw}"
             if sub.empty:
-                ax.text(0.5, 0.5, f"no {fw} strategy for this problem", ha="center",
+                ax.text(0.5, 0.5, f"no {fw} results for this problem in this run", ha="center",
                         va="center", transform=ax.transAxes, color=GREY)
                 ax.set_title(title)
                 ax.set_xticks([])
