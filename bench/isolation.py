@@ -200,7 +200,8 @@ class Child:
         cap, limit = self.limits.mem_cap_bytes, self.limits.timeout_s
         if grown > cap:
             self.killed = ("oom", f"memory grew past the {cap / GB:.3g} GB cap "
-                                  f"({grown / GB:.3g} GB after {now - self.start:.1f} s)")
+                                  f"({grown / GB:.3g} GB after {now - self.start:.1f} s; --mem-cap "
+                                  f"raises it)")
         elif used > limit:
             self.killed = ("timeout", f"exceeded the {limit:g} s time limit")
 
