@@ -72,8 +72,14 @@ def _parser() -> _Parser:
     run.add_argument("--dtype", choices=list(DTYPES), help="default: the profile's (float32)")
     run.add_argument("--results", type=Path, default=DEFAULT_PATH, help="JSON Lines file")
     run.add_argument("--resume", action="store_true", help="skip cases already in RESULTS")
-    run.add_argument("--timeout", type=_positive(float), help="seconds per case")
-    run.add_argument("--mem-cap", type=_positive(float), help="GB per case")
+    defaults = ", ".join(f"{p.name} {p.timeout_s:g} s / "
+                         f"{'half the memory' if p.mem_cap_gb is None else f'{p.mem_cap_gb:g} GB'}"
+                         for p in PROFILES.values())
+    run.add_argument("--timeout", type=_positive(float),
+                     help=f"seconds per case (profile defaults: {defaults})")
+    run.add_argument("--mem-cap", type=_positive(float),
+                     help="GB of memory growth per case, shared by the jobs when the profile "
+                          "says half the memory")
     run.add_argument("--threads", type=_positive(int), help="CPU threads per case (default 1)")
     run.add_argument("--jobs", type=_positive(int),
                      help="cases run side by side, each on its own CPUs, timed one at a time "
