@@ -202,7 +202,7 @@ def _results_file(tmp_path):
 def test_report_hands_the_results_to_the_builder(tmp_path, monkeypatch, capsys):
     calls = []
     fake = types.ModuleType("reports.build")
-    fake.build_report = lambda results, out: calls.append((results, out)) or out
+    fake.build_report = lambda results, out, workers=1: calls.append((results, out)) or out
     monkeypatch.setitem(sys.modules, "reports.build", fake)
     results, out = _results_file(tmp_path), tmp_path / "out" / "index.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
