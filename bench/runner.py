@@ -218,12 +218,13 @@ def select_cases(profile: Profile | str = "quick", quantities=None, strategy_nam
     quantity_order = {q: i for i, q in enumerate(strategies.QUANTITIES)}
     probs.sort(key=lambda p: (quantity_order[p.quantity], family_order[p.family], p.mode or "",
                               p.size_param))
-    ladders: dict = {}
+    ladders: dict = {}  # (quantity, family, mode) -> its sizes, smallest first
     for p in probs:
         ladders.setdefault((p.quantity, p.family, p.mode), []).append(p.size_param)
+    ladders = {k: sorted(set(v)) for k, v in ladders.items()}
     cases = []
     for p in probs:
-        ladder = sorted(set(ladders[p.quantity, p.family, p.mode]))
+        ladder = ladders[p.quantity, p.family, p.mode]
         for s in strategies.strategies(quantity=p.quantity):
             if (not names or s.name in names) and (not fws or s.framework in fws):
                 case = Case(p.quantity, p, s, device, dtype)

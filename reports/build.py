@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,12 +249,11 @@ def auto_context(df: pd.DataFrame) -> dict:
 
 
 # ------------------------------------------------------------------------------ build
-def _draw_all(df: pd.DataFrame, quantities, settings, workers: int) -> dict:
-    """quantity_figures for every (quantity, setting) with rows; drawing is most of a report's
+def _draw_all(df: pd.DataFrame, workers: int) -> dict:
+    """quantity_figures for every (quantity, setting) that has rows; drawing is most of a report's
     time (about 60 s of 70 for a quick sweep), and each quantity's figures are independent."""
-    keys = [(q, s) for q in quantities for s in settings
-            if ((df["quantity"] == q) & (df["setting"] == s)).any()]
-    frames = [df[(df["quantity"] == q) & (df["setting"] == s)] for q, s in keys]
+    groups = dict(iter(df.groupby(["quantity", "setting"])))
+    keys, frames = list(groups), list(groups.values())
     if workers > 1 and len(keys) > 1:
         with ProcessPoolExecutor(min(workers, len(keys)),
                                  mp_context=mp.get_context("fork")) as pool:
@@ -280,7 +278,7 @@ def build_report(results, out_path, seeds_path=None, workers: int = 1) -> Path:
     recs = S.recommendations(table) if len(table) else []
     quantities = sorted(df["quantity"].dropna().unique())
     settings = sorted(df["setting"].unique())
-    drawn = _draw_all(df, quantities, settings, workers)
+    drawn = _draw_all(df, workers)
     sections = []
     for q in quantities:
         qdf = df[df["quantity"] == q]
