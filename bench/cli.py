@@ -9,6 +9,7 @@
                  [--quantity Q] [--strategy S] [--mode M] [--seed N] [...the options above]
     jacbench report RESULTS [--out PATH]
     jacbench calibrate RESULTS [--out PATH] [--dry-run]
+    jacbench compare BEFORE AFTER [--factor X] [--within F] [--min-time MS]
 
 Filters take names or comma-separated lists and may be repeated. Bad input gets one line on
 stderr that says what is allowed, and exit status 2.
@@ -52,7 +53,7 @@ def _parser() -> _Parser:
 
     top = _Parser(prog="jacbench", description="Benchmark and verify autodiff strategies.")
     sub = top.add_subparsers(dest="command", required=True,
-                             metavar="{list,run,report,calibrate}")
+                             metavar="{list,run,report,calibrate,compare}")
 
     ls = sub.add_parser("list", help="quantities, strategies and problem families")
     ls.add_argument("--quantity", action="append", help="only strategies for these quantities")
@@ -113,6 +114,20 @@ def _parser() -> _Parser:
     cal.add_argument("--dry-run", action="store_true",
                      help="print the hit rates, write nothing")
     cal.set_defaults(func=_cmd_calibrate)
+
+    cmp = sub.add_parser("compare", help="two results files side by side: what moved, what "
+                                         "changed status, how repeatable the timings were")
+    cmp.add_argument("before", type=Path)
+    cmp.add_argument("after", type=Path)
+    cmp.add_argument("--factor", type=_positive(float), default=1.5,
+                     help="list cases whose median moved by more than this (default 1.5)")
+    cmp.add_argument("--within", type=_positive(float), default=0.10,
+                     help="repeatability: medians within this fraction count as the same "
+                          "(default 0.10)")
+    cmp.add_argument("--min-time", type=_positive(float), default=1.0,
+                     help="milliseconds: faster cases are left out of the timing comparison "
+                          "(default 1)")
+    cmp.set_defaults(func=_cmd_compare)
     return top
 
 
@@ -252,6 +267,20 @@ def _cmd_calibrate(args) -> int:
         rate, _ = hit_rate(df, versus)
         if rate.cases:
             print(f"measured torch.auto rows: {rate}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from reports.compare import compare_lines
+
+    from .store import load
+
+    for path in (args.before, args.after):
+        if not path.is_file():
+            raise _Usage(f"jacbench compare: results file {str(path)!r} does not exist; "
+                         "make one with `python -m bench run`")
+    print("\n".join(compare_lines(load(args.before), load(args.after), factor=args.factor,
+                                   tolerance=args.within, min_time_s=args.min_time / 1e3)))
     return 0
 
 

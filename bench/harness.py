@@ -211,10 +211,13 @@ def prepared_notes(fn) -> str:
 
 def _warning_note(caught, said: str = "") -> str:
     seen = []
+    said = " ".join(said.split())
     for w in caught:
+        if " ".join(str(w.message).split()) in said:  # a warning that repeats a note: once
+            continue
         text = one_line(w.message, 160) if isinstance(w.message, BaseException) else str(w.message)
         text = " ".join(text.split())[:160]
-        if text not in seen and text not in said:  # a warning that repeats a note: once
+        if text not in seen:
             seen.append(text)
     return "; ".join(f"warning: {t}" for t in seen[:2])
 

@@ -159,7 +159,7 @@ def test_kill_9_mid_sweep_then_resume_loses_and_doubles_nothing(tmp_path):
     (["run", "--mem-cap", "lots"], "is not a number"),
     (["run", "--jobs", "999"], "needs 999 CPUs; this process may use"),
     (["frobnicate"], "choose from 'list', 'run', 'report'"),
-    ([], "required: {list,run,report,calibrate}"),
+    ([], "required: {list,run,report,calibrate,compare}"),
     (["report", "no/such/results.jsonl"], "does not exist"),
     (["list", "--quantity", "hesian"], "did you mean: hessian"),
 ])

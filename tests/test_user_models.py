@@ -64,6 +64,9 @@ def test_cli_runs_the_resnet_block_example_and_reports_it(tmp_path):
     assert (df.loc[df["framework"] == "jax", "message"] == JAX_NA).all()
     assert (df["framework"] == "jax").any()
     assert "torch.structured" in set(ok["strategy"])  # walks the module: a whole-model fallback
+    said = ok.loc[ok["strategy"] == "torch.structured", "message"]
+    # the fallback is said once, as a note, not again as the StructuredFallback warning
+    assert said.str.contains("fallback").all() and not said.str.contains("warning").any()
 
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0

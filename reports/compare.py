@@ -1,0 +1,104 @@
+"""Two results files side by side: which cases got slower or faster, which changed status, and
+how repeatable the timings were (`jacbench compare BEFORE AFTER`).
+
+Two sweeps of the same commit on the same machine measure the machine's repeatability: the
+share of cases whose medians are within 10% of each other. Two sweeps of different commits,
+library versions or machines show what changed; read the repeatability of the first kind before
+trusting a ratio of the second.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+KEY = "case_id"
+
+
+@dataclass(frozen=True)
+class Repeatability:
+    cases: int          # ok in both files, median over min_time_s in at least one
+    within: int         # of those, medians within `tolerance` of each other
+    tolerance: float
+    min_time_s: float
+    geomean_ratio: float  # after / before; 1.0 when nothing moved overall
+    spread: tuple[float, float]  # 10th and 90th percentile of after / before
+
+    @property
+    def share(self) -> float:
+        return self.within / self.cases if self.cases else float("nan")
+
+    def __str__(self) -> str:
+        if not self.cases:
+            return (f"no case is ok in both files with a median over "
+                    f"{self.min_time_s * 1e3:g} ms")
+        return (f"{self.cases} cases ok in both with a median over {self.min_time_s * 1e3:g} ms: "
+                f"{self.within} ({self.share:.1%}) within {self.tolerance:.0%} of each other; "
+                f"after/before geometric mean {self.geomean_ratio:.3f}, 10th-90th percentile "
+                f"{self.spread[0]:.2f}-{self.spread[1]:.2f}")
+
+
+def paired(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """One row per case present in both: both statuses and medians, and after / before."""
+    cols = [KEY, "quantity", "problem", "strategy", "status", "median_s", "iqr_s"]
+    both = before[cols].merge(after[cols], on=[KEY, "quantity", "problem", "strategy"],
+                              suffixes=("_before", "_after"))
+    ok = (both["status_before"] == "ok") & (both["status_after"] == "ok")
+    both["ratio"] = np.where(ok, both["median_s_after"] / both["median_s_before"], np.nan)
+    return both
+
+
+def repeatability(pairs: pd.DataFrame, tolerance: float = 0.10,
+                  min_time_s: float = 1e-3) -> Repeatability:
+    """Cases ok in both, over `min_time_s` in either, whose medians differ by at most
+    `tolerance` of the smaller one."""
+    timed = pairs.dropna(subset=["ratio"])
+    timed = timed[(timed["median_s_before"] > min_time_s) | (timed["median_s_after"] > min_time_s)]
+    if timed.empty:
+        return Repeatability(0, 0, tolerance, min_time_s, float("nan"), (float("nan"),) * 2)
+    r = timed["ratio"].to_numpy(float)
+    apart = np.maximum(r, 1 / r)
+    lo, hi = np.percentile(r, [10, 90])
+    return Repeatability(len(r), int((apart <= 1 + tolerance).sum()), tolerance, min_time_s,
+                         float(np.exp(np.log(r).mean())), (float(lo), float(hi)))
+
+
+def status_changes(pairs: pd.DataFrame) -> pd.DataFrame:
+    return pairs[pairs["status_before"] != pairs["status_after"]]
+
+
+def moved(pairs: pd.DataFrame, factor: float, min_time_s: float) -> pd.DataFrame:
+    """Cases ok in both whose median moved by more than `factor` either way, largest first."""
+    timed = pairs.dropna(subset=["ratio"])
+    timed = timed[(timed["median_s_before"] > min_time_s) | (timed["median_s_after"] > min_time_s)]
+    apart = np.maximum(timed["ratio"], 1 / timed["ratio"])
+    return timed[apart > factor].assign(apart=apart).sort_values("apart", ascending=False)
+
+
+def compare_lines(before: pd.DataFrame, after: pd.DataFrame, factor: float = 1.5,
+                  tolerance: float = 0.10, min_time_s: float = 1e-3, limit: int = 20) -> list[str]:
+    """The text `jacbench compare` prints."""
+    pairs = paired(before, after)
+    only_before = len(set(before[KEY]) - set(after[KEY]))
+    only_after = len(set(after[KEY]) - set(before[KEY]))
+    lines = [f"{len(pairs)} cases in both files; {only_before} only in the first, "
+             f"{only_after} only in the second",
+             f"repeatability: {repeatability(pairs, tolerance, min_time_s)}"]
+    changes = status_changes(pairs)
+    if len(changes):
+        lines.append(f"status changed in {len(changes)} cases:")
+        lines += _capped([f"  {r.status_before} -> {r.status_after}: {r.quantity} {r.problem} "
+                          f"{r.strategy}" for r in changes.itertuples()], limit)
+    big = moved(pairs, factor, min_time_s)
+    lines.append(f"{len(big)} cases moved by more than {factor:g}x (after / before):")
+    lines += _capped([f"  {r.ratio:7.2f}x  {r.quantity} {r.problem} {r.strategy}: "
+                      f"{r.median_s_before:.3g} s -> {r.median_s_after:.3g} s"
+                      for r in big.itertuples()], limit)
+    return lines
+
+
+def _capped(lines: list[str], limit: int) -> list[str]:
+    if len(lines) <= limit:
+        return lines
+    return lines[:limit] + [f"  ... and {len(lines) - limit} more"]

@@ -1,0 +1,61 @@
+"""`jacbench compare`: repeatability of two sweeps, cases that moved, status changes."""
+from __future__ import annotations
+
+import pytest
+
+from bench import cli, store
+from reports.compare import compare_lines, paired, repeatability
+from test_store import _row
+
+
+def _write(path, medians: dict[int, float], by_case=None):
+    for i, median in medians.items():
+        store.append(path, _row(i, median_s=median, **(by_case or {}).get(i, {})))
+    return store.load(path)
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    # Cases 0-3 repeat within 10%; 4 is twice as slow after; 5 is under 1 ms in both (left
+    # out of the timing comparison); 6 timed out after; 7 only ran before.
+    before = _write(tmp_path / "a.jsonl", {0: 2e-3, 1: 0.01, 2: 0.1, 3: 1.0, 4: 0.02, 5: 1e-4,
+                                           6: 0.5, 7: 0.3})
+    after = _write(tmp_path / "b.jsonl", {0: 2.1e-3, 1: 0.0095, 2: 0.109, 3: 0.93, 4: 0.04,
+                                          5: 3e-4, 6: float("nan")},
+                   by_case={6: {"status": "timeout"}})
+    return before, after
+
+
+def test_repeatability_counts_cases_over_a_millisecond_within_ten_percent(two_runs):
+    rep = repeatability(paired(*two_runs))
+    assert (rep.cases, rep.within) == (5, 4)  # 0-4; 5 is too fast, 6 not ok in both
+    assert rep.share == pytest.approx(0.8)
+    ratios = [2.1 / 2, 0.95, 1.09, 0.93, 2.0]
+    geo = 1.0
+    for r in ratios:
+        geo *= r
+    assert rep.geomean_ratio == pytest.approx(geo ** (1 / 5))
+    # A looser tolerance takes the 2x case in; a stricter one drops 2, 3 (9%, 7.5%) and keeps 0, 1.
+    assert repeatability(paired(*two_runs), tolerance=1.0).within == 5
+    assert repeatability(paired(*two_runs), tolerance=0.06).within == 2
+
+
+def test_the_lines_name_what_moved_and_what_changed_status(two_runs):
+    text = "\n".join(compare_lines(*two_runs, factor=1.5))
+    assert "7 cases in both files; 1 only in the first, 0 only in the second" in text
+    assert "ok -> timeout: jacobian fam@n=6 torch.jacrev" in text
+    assert "1 cases moved by more than 1.5x" in text
+    assert "2.00x  jacobian fam@n=4 torch.jacrev: 0.02 s -> 0.04 s" in text
+    assert "fam@n=5 " not in text.split("moved")[1]  # 3x, but under a millisecond
+
+
+def test_command_line_prints_the_comparison_and_refuses_a_missing_file(two_runs, tmp_path,
+                                                                       capsys):
+    assert cli.main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                     "--factor", "1.05"]) == 0
+    out = capsys.readouterr().out
+    assert "4 (80.0%) within 10%" in out
+    assert "cases moved by more than 1.05x" in out and "0.93x" in out
+    assert cli.main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "nope.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.jsonl" in err and "does not exist" in err and "Traceback" not in err
