@@ -177,6 +177,7 @@ _TRANSFORM_LIMITS = (
                                           "e.g. an RNN's initial state"),
     ("is not implemented", "an op without the derivative rule this strategy needs (e.g. a "
                            "double backward)"),
+    ("has no batchgrad rule", "a module that BackPACK's BatchGrad has no rule for"),
     ("tracerboolconversionerror", "data-dependent control flow under jit/vmap"),
     ("concretizationtypeerror", "data-dependent control flow under jit/vmap"),
 )

@@ -12,8 +12,10 @@ exactly the suite's quantity:
   linear (no tanh or sqrt curvature), and is registered for those networks alone.
 
 BackPACK dispatches on exact module classes and has no rule for some layers (batch norm in
-DiagHessian, our Sqrt), so each strategy states the layer kinds it covers. If BackPACK cannot be
-imported, the strategies stay registered and say so.
+DiagHessian, our Sqrt), so each strategy states the layer kinds it covers. BatchGrad also runs on
+a user's own PyTorch module (`--model`, jacbench.compare), extended as it is: where a module that
+holds parameters has no BatchGrad rule, BackPACK's own error makes the row not applicable. If
+BackPACK cannot be imported, the strategies stay registered and say so.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .problem import ModelSpec
 from .quantities import contract_ntk
 from .registry import register
 from .torch_model import AvgPool2, torch_view
+from .user_model import is_user
 
 try:
     from backpack import backpack, extend
@@ -39,10 +42,13 @@ _RESHAPE = {"flatten", "avgpool2"}
 _PIECEWISE_LINEAR = {"linear", "conv2d", "batchnorm2d", "relu"} | _RESHAPE
 
 
-def _covers(kinds: set[str], why: str):
+def _covers(kinds: set[str], why: str, user_modules: bool = False):
     def applies(problem) -> str | None:
         if MISSING:
             return MISSING
+        if user_modules and is_user(problem):
+            return (None if problem.spec.framework == "torch" else
+                    "a JAX function: BackPACK extends PyTorch modules")
         if not isinstance(problem.spec, ModelSpec):
             return "needs a layer-list model: BackPACK dispatches on known module classes"
         missing = {layer.kind for layer in problem.spec.layers} - kinds
@@ -82,17 +88,30 @@ def _param_jacobian(model: nn.Sequential, params: list[nn.Parameter], X) -> torc
             keep = o + 1 < out.shape[1]  # BackPACK must keep its stored layer inputs as well
             with backpack(BatchGrad(), retain_graph=keep):
                 out[:, o].sum().backward(retain_graph=keep)
+            _check_batch_grads(model, params)
             rows.append(torch.cat([p.grad_batch.flatten(1) for p in params], dim=1))
     return torch.stack(rows, dim=1)
 
 
+def _check_batch_grads(model: nn.Module, params) -> None:
+    """BackPACK skips a parameter held by a module it has no rule for (a user's own layer)
+    without a word; here that is an error naming the parameters."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    bare = [names[id(p)] for p in params if not hasattr(p, "grad_batch")]
+    if bare:
+        raise NotImplementedError(f"BackPACK has no BatchGrad rule for the module(s) holding "
+                                  f"{', '.join(bare[:4])}{' ...' if len(bare) > 4 else ''}")
+
+
 def _batchgrad_model(v):
-    model = extend(nn.Sequential(*_modules(v)).requires_grad_(True))
+    # A user's module is extended as it is (its copy in the view); BackPACK extends children too.
+    model = v.model if is_user(v.problem) else nn.Sequential(*_modules(v))
+    model = extend(model.requires_grad_(True))
     return model, list(model.parameters())
 
 
 _BATCHGRAD = _covers({"linear", "conv2d", "batchnorm2d", "tanh", "relu", "sqrt"} | _RESHAPE,
-                     "no BatchGrad rule for layer kind(s)")
+                     "no BatchGrad rule for layer kind(s)", user_modules=True)
 
 
 @register("param_jacobian", "backpack.batch_grad", applies=_BATCHGRAD)

@@ -2,6 +2,9 @@
 applicable test problem and on conv nets built here, and says so when its library is missing."""
 import numpy as np
 import pytest
+import torch
+
+import jacbench
 
 import strategies
 from bench.problems import batchnorm, conv, conv_bn_net, linear, problems
@@ -124,3 +127,41 @@ def test_missing_library_is_reported_not_hidden(monkeypatch, module, package):
     for s in registered:
         problem = problems(s.quantity, "test")[0]
         assert f"pip install {package}" in s.not_applicable(problem), s.name
+
+
+# ------------------------------------------------------------------ user modules (held out)
+class _Gated(torch.nn.Module):
+    """A user layer holding its own parameter: no BackPACK module, so no BatchGrad rule."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+        self.gate = torch.nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x)) * self.gate)
+
+
+@needs["backpack"]
+def test_backpack_batch_grad_on_user_modules_it_was_never_shown(tmp_path):
+    """Modules the suite's own nets do not use (Conv1d, BatchNorm1d, ELU, MaxPool1d, SiLU), run
+    as the user's module: BackPACK agrees with the float64 reference and with torch.structured;
+    a module it has no rule for is not applicable, named, instead of a silent wrong answer."""
+    nn = torch.nn
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv1d(3, 6, 3, padding=1), nn.BatchNorm1d(6), nn.ELU(),
+                        nn.MaxPool1d(2), nn.Flatten(), nn.Linear(30, 16), nn.SiLU(),
+                        nn.Linear(16, 4))
+    net[1].running_mean.uniform_(-0.5, 0.5)  # eval-mode statistics that are not the identity
+    df = jacbench.compare(net, torch.randn(5, 3, 10), ["param_jacobian", "ntk"],
+                          ["backpack.batch_grad", "torch.structured"], modes="full",
+                          profile="test", dtype="float64", results=tmp_path / "r.jsonl")
+    assert (df["status"] == "ok").all(), df[["strategy", "status", "message"]]
+    assert (df["reference"] == "float64").all() and (df["max_error"] <= 1e-8).all()
+    assert set(df["strategy"]) == {"backpack.batch_grad", "torch.structured"}
+
+    gated = jacbench.compare(_Gated(), torch.randn(4, 8), ["param_jacobian"],
+                             ["backpack.batch_grad"], profile="test",
+                             results=tmp_path / "g.jsonl")
+    assert gated["status"].tolist() == ["not_applicable"]
+    assert "no BatchGrad rule for the module(s) holding gate" in gated["message"].iloc[0]
