@@ -6,8 +6,9 @@ batched over the m unit cotangents at the network output, gives every such layer
 cotangents `g` (zero "probes" added to the layer outputs collect them all at once). Each
 layer's NTK term then comes from its own rule:
 
-- nn.Linear and nn.Conv2d (groups 1) share one rule over patches P (B, T, K) and cotangents
-  G (m, B, T, C), T positions (1 for a dense layer on (B, K) inputs, H_out*W_out for a conv):
+- nn.Linear, nn.Conv2d and nn.Conv1d (groups 1; a Conv1d is a Conv2d of height 1) share one
+  rule over patches P (B, T, K) and cotangents G (m, B, T, C), T positions (1 for a dense layer
+  on (B, K) inputs, H_out*W_out or L_out for a conv):
       K_l[i, j, o, o'] = sum_{t,s} (P1[i,t] . P2[j,s] + 1{bias}) * (G1[o,i,t] . G2[o',j,s])
   It is computed one of two ways, chosen per layer by the flop estimate in `_gram_is_cheaper`:
   "gram" forms (P1 P2^T + 1) and (G1 G2^T) and multiplies them, O(B1 B2 T^2 (K + m_e C));
@@ -68,8 +69,9 @@ def _rule(module: nn.Module) -> str | None:
         return None  # the gradient would be w.r.t. the computed weight, not the parameters
     if type(module).forward is nn.Linear.forward and isinstance(module, nn.Linear):
         return "patches" if _own(module, {"weight", "bias"}) else None
-    if type(module).forward is nn.Conv2d.forward and isinstance(module, nn.Conv2d):
-        return "patches" if module.groups == 1 and _own(module, {"weight", "bias"}) else None
+    for conv in (nn.Conv2d, nn.Conv1d):
+        if type(module).forward is conv.forward and isinstance(module, conv):
+            return "patches" if module.groups == 1 and _own(module, {"weight", "bias"}) else None
     if isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward:
         if module.training or module.running_mean is None:
             raise ValueError(f"{type(module).__name__} uses batch statistics (training mode or "
@@ -141,13 +143,17 @@ def _activations(layers, probed: list[int], x: torch.Tensor):
 
 
 def _patches(layer: nn.Module, a: torch.Tensor, g: torch.Tensor):
-    """P (B, T, K) and G (m, B, T, C) of a Linear or Conv2d layer."""
+    """P (B, T, K) and G (m, B, T, C) of a Linear, Conv2d or Conv1d layer."""
     if isinstance(layer, nn.Linear):
         return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(*g.shape[:2], -1, g.shape[-1])
-    pad = layer._reversed_padding_repeated_twice  # what nn.Conv2d itself pads with
+    pad = layer._reversed_padding_repeated_twice  # what the conv itself pads with
     pad_mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
-    P = F.unfold(F.pad(a, pad, mode=pad_mode), layer.kernel_size, dilation=layer.dilation,
-                 stride=layer.stride)
+    a = F.pad(a, pad, mode=pad_mode)
+    kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
+    if isinstance(layer, nn.Conv1d):  # (B, C, L) as (B, C, 1, L); (C, k) patches as (C, 1, k)
+        a = a[:, :, None]
+        kernel, dilation, stride = ((1,) + t for t in (kernel, dilation, stride))
+    P = F.unfold(a, kernel, dilation=dilation, stride=stride)
     return P.transpose(1, 2), g.flatten(3).transpose(2, 3)
 
 
@@ -262,8 +268,8 @@ def ntk_structured(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, mode: s
                    notes: list | None = None) -> torch.Tensor:
     """Empirical NTK J(x1) J(x2)^T over all parameters of `model` by structured derivatives.
 
-    `model` is an nn.Sequential (nested Sequentials are unrolled) of Linear, Conv2d, eval-mode
-    batch norm and parameter-free layers, or a module whose only child is such a Sequential
+    `model` is an nn.Sequential (nested Sequentials are unrolled) of Linear, Conv2d, Conv1d,
+    eval-mode batch norm and parameter-free layers, or a module whose only child is such a Sequential
     and whose forward just calls it; samples must not interact (eval mode). Its outputs are
     flattened per sample to m values. mode "full" -> (B1, B2, m, m), "trace" -> (B1, B2),
     "diagonal" -> (B1, B2, m). Parameters without a structured rule use per-sample Jacobians

@@ -118,6 +118,24 @@ def test_conv_options_and_nested_sequential(monkeypatch, conv, gram):
 
 
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+@pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding="same", bias=False),
+                                  dict(dilation=2, padding=2, padding_mode="circular")],
+                         ids=["stride", "same-nobias", "dilation-circular"])
+def test_conv1d_is_a_conv2d_of_height_one(monkeypatch, conv, gram):
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    torch.manual_seed(6)
+    bn = nn.BatchNorm1d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-.5, .5)
+        bn.running_var.uniform_(.5, 1.5)
+    model = nn.Sequential(nn.Conv1d(3, 4, 3, **conv), bn, nn.GELU(), nn.Conv1d(4, 2, 2),
+                          nn.Flatten(), nn.LazyLinear(3))
+    x = torch.randn(3, 3, 9)
+    model(x)
+    _check(model, x, x[:2] - 0.3)  # no fallback notes: every parameter has a rule
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
 def test_linear_on_token_inputs_batchnorm1d_and_a_wrapper(monkeypatch, gram):
     monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
     torch.manual_seed(1)
