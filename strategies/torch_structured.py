@@ -17,8 +17,11 @@ layer's NTK term then comes from its own rule:
   m_e is m*m for mode full and m for trace and diagonal. Dense layers take "gram" (T = 1),
   convolutions over large images take "grads". A dense output layer skips G1 G2^T: its
   cotangents are the unit vectors.
-- Eval-mode batch norm (any _BatchNorm with running statistics): per-sample gradients
-  gamma: sum over positions of g * x_hat, beta: sum of g; then contracted.
+- Normalisation layers: eval-mode batch norm (any _BatchNorm with running statistics), and the
+  per-sample GroupNorm, LayerNorm and RMSNorm. Per-sample gradients of the affine parameters,
+  gamma: g * x_hat and beta: g, summed over the positions that share a parameter (the spatial
+  positions for batch and group norm, the leading token dimensions for layer and RMS norm);
+  then contracted.
 - Parameter-free layers (activations, pooling, flatten) need no rule: autograd passes the
   cotangents through them.
 - Any other module with parameters falls back to per-sample Jacobians of exactly its own
@@ -41,6 +44,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .quantities import NTK_MODES, contract_ntk
 from .registry import register
 from .torch_model import torch_view
+
+
+# Normalisations within one sample: no batch statistics, so no mode to check.
+_SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
 class StructuredFallback(UserWarning):
@@ -77,7 +84,10 @@ def _rule(module: nn.Module) -> str | None:
             raise ValueError(f"{type(module).__name__} uses batch statistics (training mode or "
                              "no running stats): samples interact and the per-sample NTK is "
                              "not defined; call model.eval()")
-        return "batchnorm" if _own(module, {"weight", "bias"}) else None
+        return "norm" if _own(module, {"weight", "bias"}) else None
+    for norm in _SAMPLE_NORMS:
+        if type(module).forward is norm.forward and isinstance(module, norm):
+            return "norm" if _own(module, {"weight", "bias"}) else None
     return None
 
 
@@ -196,15 +206,32 @@ def _patch_grads(P, G, bias: bool) -> torch.Tensor:
     return torch.cat([W, G.sum(2).transpose(0, 1)], dim=2) if bias else W
 
 
-def _bn_grads(layer: _BatchNorm, a, G) -> torch.Tensor:
-    """Per-sample gradients (B, m, 2C) of eval-mode batch norm's affine parameters."""
-    view = (1, -1) + (1,) * (a.dim() - 2)
-    x_hat = (a - layer.running_mean.reshape(view)) * torch.rsqrt(
-        layer.running_var.reshape(view) + layer.eps)
+def _normalized(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """x_hat: the layer's input as the layer normalises it, before its affine map."""
+    if isinstance(layer, _BatchNorm):
+        view = (1, -1) + (1,) * (a.dim() - 2)
+        return (a - layer.running_mean.reshape(view)) * torch.rsqrt(
+            layer.running_var.reshape(view) + layer.eps)
+    if isinstance(layer, nn.GroupNorm):
+        return F.group_norm(a, layer.num_groups, eps=layer.eps)
+    if isinstance(layer, nn.LayerNorm):
+        return F.layer_norm(a, layer.normalized_shape, eps=layer.eps)
+    return F.rms_norm(a, layer.normalized_shape, eps=layer.eps)
+
+
+def _norm_grads(layer: nn.Module, a, G) -> torch.Tensor:
+    """Per-sample gradients (B, m, P) of a normalisation layer's affine parameters; G is
+    (m, B, *out). Batch and group norm share a parameter over the positions after the channel
+    dimension; layer and RMS norm over the dimensions before their normalized_shape."""
+    x_hat = _normalized(layer, a)
+    m, B, size = G.shape[0], G.shape[1], layer.weight.numel()
+    channels = isinstance(layer, (_BatchNorm, nn.GroupNorm))
     parts = []
     for name, grad in (("weight", lambda: G * x_hat), ("bias", lambda: G)):
         if getattr(layer, name, None) is not None:
-            parts.append(grad().reshape(*G.shape[:3], -1).sum(3).transpose(0, 1))  # (B, m, C)
+            t = grad()
+            t = t.reshape(m, B, size, -1).sum(3) if channels else t.reshape(m, B, -1, size).sum(2)
+            parts.append(t.transpose(0, 1))  # (B, m, size)
     return torch.cat(parts, dim=2)
 
 
@@ -322,9 +349,9 @@ def _ntk(layers, entries, x1, x2, mode) -> torch.Tensor:
                 _add_gram(out, P1, G1, P2, G2, bias, mode)
             else:
                 out += contract_ntk(_patch_grads(P1, G1, bias), _patch_grads(P2, G2, bias), mode)
-        elif rule == "batchnorm":
-            out += contract_ntk(_bn_grads(layer, a1[k], g1[k]), _bn_grads(layer, a2[k], g2[k]),
-                                mode)
+        elif rule == "norm":
+            out += contract_ntk(_norm_grads(layer, a1[k], g1[k]),
+                                _norm_grads(layer, a2[k], g2[k]), mode)
         else:
             j1 = _layer_jacobian(layer, a1[k], g1[k])
             j2 = j1 if x2 is x1 else _layer_jacobian(layer, a2[k], g2[k])

@@ -135,6 +135,32 @@ def test_conv1d_is_a_conv2d_of_height_one(monkeypatch, conv, gram):
     _check(model, x, x[:2] - 0.3)  # no fallback notes: every parameter has a rule
 
 
+def _affine_noise(norm: nn.Module) -> nn.Module:
+    with torch.no_grad():  # affine parameters that are not 1 and 0
+        for p in norm.parameters():
+            p.add_(torch.rand_like(p) - 0.5)
+    return norm
+
+
+@pytest.mark.parametrize("make_norm", [
+    lambda: nn.GroupNorm(2, 4), lambda: nn.GroupNorm(4, 4, affine=False),
+    lambda: nn.LayerNorm([4, 5]), lambda: nn.LayerNorm(5, bias=False),
+    lambda: nn.RMSNorm(5)], ids=["group", "group-noaffine", "layer-2d", "layer-nobias", "rms"])
+def test_per_sample_norms_have_a_rule(make_norm):
+    """GroupNorm, LayerNorm and RMSNorm normalise within one sample: their affine parameters get
+    the norm rule (no fallback notes), in a conv net and over tokens."""
+    torch.manual_seed(7)
+    norm = _affine_noise(make_norm())
+    if isinstance(norm, nn.GroupNorm):
+        model = nn.Sequential(nn.Conv1d(2, 4, 3), norm, nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))
+        x = torch.randn(3, 2, 7)  # Conv1d: (B, 4, 5) into the norm
+    else:  # tokens (B, 4, 5): LayerNorm([4, 5]) normalises both, the others the last dimension
+        model = nn.Sequential(nn.Linear(3, 5), norm, nn.GELU(), nn.Linear(5, 2), nn.Flatten())
+        x = torch.randn(3, 4, 3)
+    model(x)
+    _check(model, x, x[:2] * 0.7 + 0.2)
+
+
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
 def test_linear_on_token_inputs_batchnorm1d_and_a_wrapper(monkeypatch, gram):
     monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
