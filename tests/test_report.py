@@ -49,8 +49,10 @@ def results(tmp_path_factory) -> Path:
     _sweep(path, ["--quantity", "jac_diag,ggn_vp,jacobian", "--problem",
                   "seed002_netx,mlp_square,seed000_mlp,seed004_linear_tanh",
                   "--strategy", ",".join(REAL)], planted=False)
+    # 3 s, not less: on a loaded machine (CI, the other pytest-xdist worker) the hog was seen
+    # still short of the 0.2 GB cap when a 1 s limit ended it as a timeout instead of an OOM.
     _sweep(path, ["--quantity", "jac_diag", "--problem", "seed002_netx", "--strategy",
-                  ",".join(PLANTED), "--timeout", "1", "--mem-cap", "0.2"], planted=True)
+                  ",".join(PLANTED), "--timeout", "3", "--mem-cap", "0.2"], planted=True)
     return path
 
 
