@@ -14,8 +14,9 @@ exactly the suite's quantity:
 BackPACK dispatches on exact module classes and has no rule for some layers (batch norm in
 DiagHessian, our Sqrt), so each strategy states the layer kinds it covers. BatchGrad also runs on
 a user's own PyTorch module (`--model`, jacbench.compare), extended as it is: where a module that
-holds parameters has no BatchGrad rule, BackPACK's own error makes the row not applicable. If
-BackPACK cannot be imported, the strategies stay registered and say so.
+holds parameters has no BatchGrad rule, BackPACK leaves those parameters out without a word, so
+the strategy checks and the row is not applicable, naming them. If BackPACK cannot be imported,
+the strategies stay registered and say so.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _quiet():
         yield
 
 
-def _param_jacobian(model: nn.Sequential, params: list[nn.Parameter], X) -> torch.Tensor:
+def _param_jacobian(model: nn.Module, params: list[nn.Parameter], X) -> torch.Tensor:
     """(B, m, P): one BatchGrad backward per output o of sum_b f_o(x_b), on one forward."""
     out = model(X).reshape(X.shape[0], -1)
     rows = []
