@@ -49,12 +49,17 @@ def paired(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     return both
 
 
+def _timed(pairs: pd.DataFrame, min_time_s: float) -> pd.DataFrame:
+    """Cases ok in both files whose median is over `min_time_s` in at least one of them."""
+    timed = pairs.dropna(subset=["ratio"])
+    return timed[(timed["median_s_before"] > min_time_s) | (timed["median_s_after"] > min_time_s)]
+
+
 def repeatability(pairs: pd.DataFrame, tolerance: float = 0.10,
                   min_time_s: float = 1e-3) -> Repeatability:
     """Cases ok in both, over `min_time_s` in either, whose medians differ by at most
     `tolerance` of the smaller one."""
-    timed = pairs.dropna(subset=["ratio"])
-    timed = timed[(timed["median_s_before"] > min_time_s) | (timed["median_s_after"] > min_time_s)]
+    timed = _timed(pairs, min_time_s)
     if timed.empty:
         return Repeatability(0, 0, tolerance, min_time_s, float("nan"), (float("nan"),) * 2)
     r = timed["ratio"].to_numpy(float)
@@ -70,8 +75,7 @@ def status_changes(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def moved(pairs: pd.DataFrame, factor: float, min_time_s: float) -> pd.DataFrame:
     """Cases ok in both whose median moved by more than `factor` either way, largest first."""
-    timed = pairs.dropna(subset=["ratio"])
-    timed = timed[(timed["median_s_before"] > min_time_s) | (timed["median_s_after"] > min_time_s)]
+    timed = _timed(pairs, min_time_s)
     apart = np.maximum(timed["ratio"], 1 / timed["ratio"])
     return timed[apart > factor].assign(apart=apart).sort_values("apart", ascending=False)
 
