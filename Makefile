@@ -23,7 +23,8 @@ peers: $(STAMP)
 	$(PY) -m pip install --quiet einops unfoldNd einconv linear_operator opt-einsum scipy tqdm
 
 # Two pytest-xdist workers, one test file each at a time (a file's module fixtures are built
-# once): on 2 cores 10m46s against 17 min serially. TEST_ARGS= runs them one at a time.
+# once): 10-11 min on 2 cores (17 min serially was measured on a slower day, so the ratio is
+# rough). TEST_ARGS= runs them one at a time.
 TEST_ARGS ?= -n 2 --dist loadfile
 test: $(STAMP)
 	$(PY) -m pytest tests $(TEST_ARGS)
