@@ -1,15 +1,18 @@
 """The harness: measure ONE case (strategy, problem, device, dtype) in the current process.
 
 For a case it records, in this order:
-1. peak memory of preparing and calling the strategy once: the RSS high-water mark less the
-   process's RSS just before (reset through /proc/self/clear_refs), or on CUDA the allocator's
-   peak; meaningful in a fresh process, which is how the runner calls it (bench.isolation);
+1. peak memory of preparing and calling the strategy once (`first_peak_mem_bytes`): the RSS
+   high-water mark less the process's RSS just before (reset through /proc/self/clear_refs),
+   or on CUDA the allocator's peak; meaningful in a fresh process, which is how the runner
+   calls it (bench.isolation);
 2. the first call's time (compile or tracing included), kept apart from steady state;
 3. agreement with the float64 reference, by the one rule in strategies.agreement;
 4. steady-state time: torch.utils.benchmark's adaptive_autorange (median, IQR, run count), the
-   result forced inside the timed region (`force`).
+   result forced inside the timed region (`force`), and the steady state's peak memory
+   (`peak_mem_bytes`: the high-water mark reset after the first call, over the same baseline).
 
-`forward_time` times one plain forward pass of the problem's model, so reports can show each
+`forward_callable` builds one plain forward pass of the problem's model (eager torch, jitted or
+eager JAX: `forward_kind` says which one a strategy is compared with), so reports can show each
 strategy's cost relative to evaluating the function.
 """
 from __future__ import annotations
@@ -93,6 +96,16 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _malloc_trim() -> None:
+    """Return glibc's free heap memory to the system (a no-op without glibc)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of what runs between `start()` and `peak()`, in bytes.
 
@@ -122,6 +135,27 @@ class PeakMemory:
             return
         self.base = _status_kb("VmRSS") * 1024
         self.file_base = _status_kb("RssFile") * 1024
+
+    def restart_peak(self) -> None:
+        """Reset the high-water mark but keep the baseline: the next `peak()` is the highest
+        point since now, over the same baseline (a steady-state call's peak, what the
+        prepared strategy holds included, the first call's compile workspace left out).
+        On the CPU, glibc would keep the first call's freed blocks in the RSS, so the steady
+        peak could not be lower than the first: malloc_trim hands them back first.
+        JAX's GPU peak cannot be reset: there the steady peak still includes the first's."""
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            return
+        if self.base is None:
+            return
+        _malloc_trim()
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            self.base = None
 
     def peak(self) -> int | None:
         if self.device == "cuda":
@@ -260,7 +294,7 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
                         "message": f"the model is out of this strategy's reach ({limit}): "
                                    f"{what}"}
             return {**row, "status": classify(exc), "message": what}
-    row["peak_mem_bytes"] = mem.peak()
+    row["first_peak_mem_bytes"] = mem.peak()
     said = prepared_notes(fn)
     note = "; ".join(t for t in (said, _warning_note(caught, said)) if t)
     if ref is None:
@@ -287,17 +321,41 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
         send(dict(row))
     try:
         with exclusive() if exclusive else contextlib.nullcontext():
+            mem.restart_peak()  # the steady state: the timed calls' peak, compile left out
             row["median_s"], row["iqr_s"], row["runs"] = measure(fn, threads, timing)
+            row["peak_mem_bytes"] = mem.peak()
     except Exception as exc:
         return {**row, "status": classify(exc), "message": f"timing: {one_line(exc)}"}
     return row
 
 
-def forward_callable(problem: Problem, device: str, dtype: str):
-    """One plain forward pass of the problem's torch model (a JAX user function's, jitted)
-    over every input the quantity differentiates at (x, X, x1/x2 or X1/X2), without autograd."""
-    if getattr(problem.spec, "framework", "torch") == "jax":
-        return _jax_forward_callable(problem, device, dtype)
+# The forward pass a strategy's cost is relative to: the same framework and mode (issue 16),
+# so a jitted JAX strategy is divided by the jitted JAX forward, not by eager torch's.
+FORWARD_KINDS = ("torch eager", "jax jit", "jax eager")
+
+
+def forward_kind(strategy: Strategy) -> str:
+    """The forward pass `strategy` is compared with: JAX strategies named *_jit run under
+    jax.jit (strategies.jax_model.register_jax), other JAX ones op by op; BackPACK and
+    curvlinops run on eager torch modules."""
+    if strategy.framework == "jax":
+        return "jax jit" if strategy.name.endswith("_jit") else "jax eager"
+    return "torch eager"
+
+
+def forward_kind_of(problem: Problem) -> str:
+    """The problem's default forward pass: eager torch, or for a JAX user function (which has
+    no torch model) jitted JAX."""
+    return "jax jit" if getattr(problem.spec, "framework", "torch") == "jax" else "torch eager"
+
+
+def forward_callable(problem: Problem, device: str, dtype: str, kind: str | None = None):
+    """One plain forward pass of the problem's model over every input the quantity
+    differentiates at (x, X, x1/x2 or X1/X2), without autograd: `kind` one of FORWARD_KINDS,
+    by default `forward_kind_of(problem)`."""
+    kind = kind or forward_kind_of(problem)
+    if kind != "torch eager":
+        return _jax_forward_callable(problem, device, dtype, jit=kind == "jax jit")
     v = torch_view(problem, device, dtype)
     calls = []
     for key, x in v.data.items():
@@ -312,7 +370,7 @@ def forward_callable(problem: Problem, device: str, dtype: str):
     return run
 
 
-def _jax_forward_callable(problem: Problem, device: str, dtype: str):
+def _jax_forward_callable(problem: Problem, device: str, dtype: str, jit: bool = True):
     import jax
 
     from strategies.jax_model import jax_device, jax_view, scope
@@ -320,7 +378,10 @@ def _jax_forward_callable(problem: Problem, device: str, dtype: str):
     dev = jax_device(device)
     v = jax_view(problem, dev, dtype)
     shape = problem.spec.in_shape
-    fn = jax.jit(lambda params, xs: tuple(v.forward(params, v.buffers, x) for x in xs))
+
+    def forward(params, xs):
+        return tuple(v.forward(params, v.buffers, x) for x in xs)
+    fn = jax.jit(forward) if jit else forward
     with scope(dtype, dev):  # float64 arrays keep their dtype only inside the x64 scope
         xs = [x.reshape(-1, *shape) for k, x in v.data.items()
               if k in ("X", "X1", "X2", "x", "x1", "x2")]

@@ -38,8 +38,9 @@ from strategies.quantities import NTK_MODES
 from strategies.registry import FRAMEWORKS, Strategy, unknown
 from strategies.user_model import is_user, prebuild, reference_fits
 
-from . import harness, store
+from . import harness, side_by_side, store
 from .harness import Timing
+from .paired import Rounds
 from .isolation import GB, Child, InProcess, Limits, exclusive
 from .problems import FAMILIES, problems
 
@@ -62,6 +63,9 @@ class Profile:
     dtype: str = "float32"
     about: str = ""
     trim: object = None  # (case, rank in its ladder, ladder length) -> False to leave it out
+    # Seconds of paired timing per problem (bench.paired): its ok strategies side by side in
+    # shuffled rounds, after each ran alone. 0: every case keeps its isolated timing.
+    paired_s: float = 0.0
 
 
 def _quick_trim(case, rank: int, sizes: int) -> bool:
@@ -85,12 +89,12 @@ PROFILES = {p.name: p for p in [
     # 3 GB: the largest quick case that ends well grows by 2 GB; above that an out-of-memory
     # case is caught sooner.
     Profile("quick", "quick", 15, 3, Timing(max_run_time=0.25, min_run_time=0.01),
-            trim=_quick_trim,
+            trim=_quick_trim, paired_s=1.5,
             about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
-            about="the seeds' own sizes and beyond, careful timing"),
+            paired_s=10.0, about="the seeds' own sizes and beyond, careful timing"),
     Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
-            about="tiny problems, a smoke test of the whole pipeline in seconds"),
+            paired_s=0.05, about="tiny problems, a smoke test of the whole pipeline in seconds"),
 ]}
 
 
@@ -436,14 +440,19 @@ class Summary:
     already_done: int = 0
     elapsed_s: float = 0.0
     interrupted: bool = False
+    paired: int = 0  # problems whose ok strategies were timed side by side
+    unpaired: int = 0  # problems (with an ok case) that kept their isolated timings
 
     def __str__(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
         done = f" ({self.already_done} already done, skipped by --resume)" if self.already_done \
             else ""
         head = "interrupted after" if self.interrupted else "ran"
+        pairs = f"\ntimed side by side: {self.paired} problems; alone: {self.unpaired}" \
+            if self.paired or self.unpaired else ""
         return (f"{head} {sum(self.statuses.values())} cases in {self.elapsed_s:.0f} s{done}: "
-                f"{counts or 'nothing to do'}\nresults: {self.results}\nchild output: {self.log}")
+                f"{counts or 'nothing to do'}{pairs}\nresults: {self.results}\n"
+                f"child output: {self.log}")
 
 
 def _row_base(case: Case, env: dict, run_id: str) -> dict:
@@ -482,6 +491,8 @@ class _Job:
     key: tuple | None = None
     info: ProblemInfo | None = None
     case_of: Case | None = None  # the case that started a reference child
+    pairing: list | None = None  # (case, row) pairs of a problem's paired-timing child
+    alone: list | None = None  # its ok (case, row) pairs too slow to be paired
 
 
 def judge_by_consensus(held: list, info: ProblemInfo, outputs: dict) -> list:
@@ -571,6 +582,16 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     unresolved = Counter(problem_key(c) for c in pending)
     held: dict[tuple, list] = {}
     outputs: dict[str, Path] = {}
+    # Paired timing (bench.paired): once every case of a problem has ended, its rows so far
+    # (those of an interrupted earlier run too, with --resume) go to one more child that times
+    # the ok ones side by side; their rows are then appended again (the newest row wins).
+    rows_of: dict[tuple, dict] = {}
+    by_id = {c.case_id: c for c in cases}
+    for r in existing:
+        if r["case_id"] in by_id:
+            rows_of.setdefault(problem_key(by_id[r["case_id"]]), {})[r["case_id"]] = \
+                (by_id[r["case_id"]], r)
+    to_pair: list[tuple] = []
     start = time.monotonic()
 
     def note(text: str) -> None:
@@ -654,15 +675,74 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         if unresolved[key] == 0 and key in held:
             for c, r in judge_by_consensus(held.pop(key), info, outputs):
                 write(c, r)
+        if unresolved[key] == 0 and profile.paired_s > 0:
+            to_pair.append(key)
 
     def write(case: Case, row: dict) -> None:
         info = infos.get(problem_key(case))
         if info is not None and row["status"] not in ("not_applicable", "skipped"):
             row.setdefault("reference", info.reference)
-        row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        store.append(results, row)
+        if row.get("median_s") is not None and not row.get("timing"):
+            row.update(timing="isolated", isolated_median_s=row["median_s"],
+                       isolated_iqr_s=row.get("iqr_s"))
+        rewrite(case, row)
         summary.statuses[row["status"]] += 1
         progress.end(case, row)
+
+    def rewrite(case: Case, row: dict) -> None:
+        """Append `row` (a case's first row, or its row again after paired timing)."""
+        row["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        store.append(results, row)
+        rows_of.setdefault(problem_key(case), {})[case.case_id] = (case, row)
+
+    def start_pair(key: tuple, slot: int) -> bool:
+        """Start the paired-timing child of problem `key`; False when it is not paired (the
+        rows then keep their isolated timing, and say why if there is a reason to)."""
+        pairs = list(rows_of.pop(key, {}).values())
+        chosen, alone, why = side_by_side.choose(pairs, limits.mem_cap_bytes, profile.paired_s)
+        if not chosen:
+            for case, row in alone if why else ():
+                rewrite(case, side_by_side.alone_row(row, why))
+            summary.unpaired += bool(alone)
+            return False
+        problem = chosen[0][0].problem
+        budget = Rounds(budget_s=profile.paired_s)
+
+        def child(send):
+            harness.pin_threads(threads, key[2], slots[slot])
+            prebuild(problem)
+            return side_by_side.time_problem(
+                [c.strategy for c, _ in chosen], problem, key[2], key[3], budget,
+                exclusive=lambda: exclusive(lock, send))
+
+        note(f"paired timing of {len(chosen)} strategies: {' '.join(key)}")
+        # Every strategy is prepared (and compiled) again before the rounds start.
+        compile_s = sum(r.get("first_call_s") or 0 for _, r in chosen)
+        pair_limits = replace(limits, timeout_s=limits.timeout_s + 2 * compile_s
+                              + 4 * profile.paired_s)
+        running[slot] = _Job(Runner(child, pair_limits, log), key=key, pairing=chosen,
+                             alone=alone)
+        return True
+
+    def finish_pair(job: _Job, out) -> None:
+        if out.status != "done":
+            why = f"timed alone: the paired timing failed ({out.status}: {out.message})"
+            for case, row in job.pairing + job.alone:
+                rewrite(case, side_by_side.alone_row(row, why))
+            summary.unpaired += 1
+            return
+        fastest = side_by_side.fastest_entry(out.result)
+        for case, row in job.pairing:
+            got = out.result.get(case.strategy.name) or {"error": "not timed"}
+            if "error" in got:
+                why = f"timed alone: failed when prepared again for paired timing: {got['error']}"
+                rewrite(case, side_by_side.alone_row(row, why, fastest))
+            else:
+                rewrite(case, side_by_side.paired_row(row, got))
+        for case, row in job.alone:
+            rewrite(case, side_by_side.alone_row(
+                row, "timed alone: one call is too long for the paired rounds", fastest))
+        summary.paired += 1
 
     def without_running(case: Case) -> dict | None:
         """The row of a case that needs no child, or None."""
@@ -685,8 +765,11 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     def fill(slot: int) -> bool:
         """Start the first case that may start on `slot` (recording the ones that need no
         child on the way); False when none can start now."""
+        while to_pair:
+            if start_pair(to_pair.pop(0), slot):
+                return True
         busy = {job.case.ladder for job in running.values() if job.case}
-        loading = {job.key for job in running.values() if job.case is None}
+        loading = {job.key for job in running.values() if job.case is None and not job.pairing}
         i = 0
         while i < len(pending):
             case = pending[i]
@@ -712,7 +795,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         return False
 
     try:
-        while pending or running:
+        while pending or running or to_pair:
             for slot in range(jobs):
                 if slot not in running:
                     fill(slot)
@@ -726,13 +809,17 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                 if out is None:
                     continue
                 del running[slot]
+                if job.pairing:
+                    finish_pair(job, out)
+                    continue
                 if job.case is None:
                     finish_problem(job, out)
                     continue
                 case = job.case
                 row = _row_base(case, env, run_id)
                 info = infos[problem_key(case)]
-                row.update(forward_s=info.forward_s, tolerance=strategies.tolerance(case.dtype))
+                row.update(forward_s=info.forward_s, tolerance=strategies.tolerance(case.dtype),
+                           forward_kind=harness.forward_kind_of(case.problem))
                 if out.status == "done":
                     row.update(out.result)
                 else:

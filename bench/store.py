@@ -24,7 +24,15 @@ STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "not_applicable", "ski
 CASE_COLUMNS = ("run_id", "case_id", "quantity", "problem", "family", "size", "mode", "scale",
                 "sizes", "params", "strategy", "framework", "exact", "device", "dtype")
 MEASURE_COLUMNS = ("status", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
-                   "peak_mem_bytes", "max_error", "tolerance", "reference", "message")
+                   "peak_mem_bytes", "max_error", "tolerance", "reference", "message",
+                   # issue 16: how median_s was timed ("paired": side by side with the
+                   # problem's other ok strategies, bench.paired; "isolated": alone), the
+                   # isolated timing kept beside it, the paired rounds and the ratio to the
+                   # problem's fastest with its 95% interval; the forward pass forward_s is of
+                   # (forward_kind); the first call's peak memory apart from the steady state's.
+                   "timing", "isolated_median_s", "isolated_iqr_s", "rounds",
+                   "ratio_to_fastest", "ratio_ci_low", "ratio_ci_high", "tied_with_fastest",
+                   "fastest", "forward_kind", "first_peak_mem_bytes")
 ENV_COLUMNS = ("torch_version", "jax_version", "numpy_version", "python_version", "cpu", "gpu",
                "threads", "commit", "timestamp", "hostname")
 COLUMNS = CASE_COLUMNS + MEASURE_COLUMNS + ENV_COLUMNS

@@ -1,0 +1,134 @@
+"""Paired timing (bench.paired): the statistics on synthetic rounds, and the rounds themselves
+on a virtual clock, so that nothing here depends on the host's speed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.paired import Rounds, calibrate, is_tied, period, ratio_ci, run_rounds, spread, \
+    summarize
+
+
+def _rounds(values):
+    return dict(enumerate(values))
+
+
+def test_spread_is_median_and_interquartile_range():
+    med, iqr = spread([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert med == 3.0 and iqr == 2.0
+    assert spread([0.5]) == (0.5, 0.0)
+
+
+def test_pairing_by_round_cancels_a_host_that_changes_speed():
+    # Host speed swings 1.8x from round to round; b always takes twice a's time in a round.
+    rng = np.random.default_rng(1)
+    speed = rng.uniform(1.0, 1.8, 200)
+    a, b = _rounds(1e-3 * speed), _rounds(2e-3 * speed * rng.normal(1, 0.01, 200))
+    ratio, low, high, n = ratio_ci(b, a)
+    assert n == 200 and ratio == pytest.approx(2.0, rel=0.02)
+    assert low <= 2.0 <= high and high - low < 0.06
+    # Unpaired (b's rounds shuffled against a's) the same data give a far wider interval.
+    shuffled = _rounds(rng.permutation(list(b.values())))
+    _, low_u, high_u, _ = ratio_ci(shuffled, a)
+    assert high_u - low_u > 3 * (high - low)
+
+
+def test_equal_strategies_are_tied_and_different_ones_are_not():
+    rng = np.random.default_rng(2)
+    speed = rng.uniform(1.0, 1.8, 60)
+    a = _rounds(1e-3 * speed * rng.normal(1, 0.05, 60))
+    b = _rounds(1e-3 * speed * rng.normal(1, 0.05, 60))
+    c = _rounds(1.3e-3 * speed * rng.normal(1, 0.05, 60))
+    _, low, high, _ = ratio_ci(b, a)
+    assert is_tied(low, high)
+    _, low, high, _ = ratio_ci(c, a)
+    assert not is_tied(low, high) and low > 1.2
+
+
+def test_ratio_uses_only_the_rounds_both_ran_in():
+    a = {0: 1.0, 1: 1.0, 2: 1.0, 3: 5.0, 4: 5.0, 5: 5.0}  # fast then slow host
+    b = {0: 2.0, 2: 2.0, 4: 10.0}  # a slow strategy, every other round
+    ratio, low, high, n = ratio_ci(b, a)
+    assert n == 3 and ratio == pytest.approx(2.0) and low == pytest.approx(2.0)
+    ratio, low, high, n = ratio_ci({0: 2.0, 3: 10.0}, a)  # too few rounds for an interval
+    assert n == 2 and ratio == pytest.approx(2.0) and np.isnan(low) and np.isnan(high)
+    assert not is_tied(low, high)
+    assert ratio_ci({7: 1.0}, a)[3] == 0
+
+
+def test_summarize_ranks_exact_strategies_and_leaves_forward_passes_unranked():
+    rng = np.random.default_rng(3)
+    speed = rng.uniform(1, 1.8, 80)
+
+    def timed(scale, calls=10):
+        return {"calls": calls, "times": _rounds(scale * speed * rng.normal(1, 0.02, 80))}
+    out = summarize({"fast": timed(1.0), "twin": timed(1.0), "slow": timed(3.0),
+                     "approx": timed(0.5), "forward:torch eager": timed(0.1)},
+                    compared=["fast", "twin", "slow", "approx"],
+                    fastest_among=["fast", "twin", "slow"])
+    fastest = out["fast"]["fastest"]
+    assert fastest in ("fast", "twin")  # equal by construction: either may come first
+    assert out[fastest]["ratio_to_fastest"] == 1.0 and out[fastest]["tied_with_fastest"]
+    other = "twin" if fastest == "fast" else "fast"
+    assert out[other]["tied_with_fastest"]
+    assert out["slow"]["ratio_to_fastest"] == pytest.approx(3.0, rel=0.05)
+    assert not out["slow"]["tied_with_fastest"]
+    # The approximate estimator is compared with the fastest exact one, not made the fastest.
+    assert out["approx"]["ratio_to_fastest"] < 1 and not out["approx"]["tied_with_fastest"]
+    assert "ratio_to_fastest" not in out["forward:torch eager"]
+    assert out["slow"]["rounds"] == 80 and out["slow"]["runs"] == 800
+
+
+class VirtualHost:
+    """A clock that advances only when a callable runs, by its cost times the host's speed,
+    which changes every 20 ms of virtual time (the stretches of the real hosts)."""
+
+    def __init__(self, seed=0):
+        self.now, self.rng = 0.0, np.random.default_rng(seed)
+        self.speeds = self.rng.uniform(1.0, 1.8, 100000)
+
+    def clock(self):
+        return self.now
+
+    def callable(self, cost_s):
+        def run():
+            self.now += cost_s * self.speeds[int(self.now / 0.02)]
+        return run
+
+
+def test_calibrate_sizes_blocks_to_the_target():
+    host = VirtualHost()
+    calls, per_call = calibrate(host.callable(1e-5), 0.003, host.clock)
+    assert 150 <= calls <= 300 and 1e-5 <= per_call <= 1.8e-5
+    assert calibrate(host.callable(0.01), 0.003, host.clock)[0] == 1
+
+
+def test_rounds_interleave_within_the_budget_and_slow_callables_run_less_often():
+    host = VirtualHost()
+    rounds = Rounds(budget_s=1.0, block_s=0.003)
+    fns = {"a": host.callable(1e-4), "b": host.callable(3e-4), "slow": host.callable(0.05)}
+    out = run_rounds(fns, rounds, clock=host.clock)
+    assert out["slow"]["period"] > 1 and out["a"]["period"] == 1
+    n = len(out["a"]["times"])
+    assert 0 in out["slow"]["times"]  # round 0 runs every callable
+    assert 5 <= len(out["slow"]["times"]) < n / 2
+    assert set(out["slow"]["times"]) <= set(out["a"]["times"])
+    assert out["a"]["calls"] > out["b"]["calls"] > 1 and out["slow"]["calls"] == 1
+    assert host.now < 1.0 + 0.2  # the budget, plus the calibration and the last round
+    stats = summarize(out, ["a", "b", "slow"])
+    assert stats["b"]["ratio_to_fastest"] == pytest.approx(3.0, rel=0.1)
+    assert stats["slow"]["ratio_to_fastest"] == pytest.approx(500, rel=0.2)
+
+
+def test_min_rounds_are_run_past_a_tiny_budget():
+    host = VirtualHost()
+    out = run_rounds({"a": host.callable(1e-3), "b": host.callable(2e-3)},
+                     Rounds(budget_s=0.0, min_rounds=4), clock=host.clock)
+    assert len(out["a"]["times"]) == len(out["b"]["times"]) == 4
+
+
+def test_period_gives_a_slow_callable_its_fair_share():
+    r = Rounds(block_s=0.003, fair_share=3.0)
+    assert period(1e-5, 300, r) == 1
+    assert period(0.009, 1, r) == 1
+    assert period(0.09, 1, r) == 10
