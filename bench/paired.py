@@ -38,7 +38,7 @@ class Rounds:
     """
 
     budget_s: float = 1.5
-    block_s: float = 0.003
+    block_s: float = 0.002
     fair_share: float = 3.0
     min_rounds: int = 5
     resamples: int = 2000

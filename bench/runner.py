@@ -15,6 +15,7 @@ steady-state timing holds an exclusive lock, so no two cases are ever timed at o
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -38,7 +39,7 @@ from strategies.quantities import NTK_MODES
 from strategies.registry import FRAMEWORKS, Strategy, unknown
 from strategies.user_model import is_user, prebuild, reference_fits
 
-from . import harness, side_by_side, store
+from . import harness, jax_cache, side_by_side, store
 from .harness import Timing
 from .paired import Rounds
 from .isolation import GB, Child, InProcess, Limits, exclusive
@@ -88,8 +89,9 @@ def _quick_trim(case, rank: int, sizes: int) -> bool:
 PROFILES = {p.name: p for p in [
     # 3 GB: the largest quick case that ends well grows by 2 GB; above that an out-of-memory
     # case is caught sooner.
-    Profile("quick", "quick", 15, 3, Timing(max_run_time=0.25, min_run_time=0.01),
-            trim=_quick_trim, paired_s=1.5,
+    # Its isolated timing is short: the paired timing (paired_s per problem) replaces it.
+    Profile("quick", "quick", 15, 3, Timing(max_run_time=0.1, min_run_time=0.01),
+            trim=_quick_trim, paired_s=1.2,
             about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
             paired_s=10.0, about="the seeds' own sizes and beyond, careful timing"),
@@ -592,6 +594,10 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             rows_of.setdefault(problem_key(by_id[r["case_id"]]), {})[r["case_id"]] = \
                 (by_id[r["case_id"]], r)
     to_pair: list[tuple] = []
+    cache_root = results.parent / "jax-cache" / run_id  # bench.jax_cache: one dir per problem
+
+    def cache_dir(key: tuple) -> Path:
+        return cache_root / hashlib.blake2b("|".join(key).encode(), digest_size=8).hexdigest()
     start = time.monotonic()
 
     def note(text: str) -> None:
@@ -643,6 +649,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         def child(send):
             harness.pin_threads(threads, case.device, slots[slot])
+            if case.strategy.framework == "jax" and profile.paired_s > 0:
+                jax_cache.use(cache_dir(problem_key(case)) / case.strategy.name)
             harness.start_backend(case.strategy.framework, case.device)
             prebuild(case.problem)  # a user model's factory runs outside the measured window
             ref = np.load(info.ref_path) if save_to is None else None
@@ -704,12 +712,17 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             for case, row in alone if why else ():
                 rewrite(case, side_by_side.alone_row(row, why))
             summary.unpaired += bool(alone)
+            jax_cache.drop(cache_dir(key))
             return False
         problem = chosen[0][0].problem
         budget = Rounds(budget_s=profile.paired_s)
+        cached = cache_dir(key)
 
         def child(send):
             harness.pin_threads(threads, key[2], slots[slot])
+            if cached.is_dir():  # what the JAX cases compiled alone, not compiled again
+                jax_cache.use(jax_cache.merge([d for d in cached.iterdir() if d.name != "_all"],
+                                              cached / "_all"))
             prebuild(problem)
             return side_by_side.time_problem(
                 [c.strategy for c, _ in chosen], problem, key[2], key[3], budget,
@@ -725,6 +738,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         return True
 
     def finish_pair(job: _Job, out) -> None:
+        jax_cache.drop(cache_dir(job.key))
+        note(f"paired timing {out.status} after {out.wall_s:.1f} s: {' '.join(job.key)}")
         if out.status != "done":
             why = f"timed alone: the paired timing failed ({out.status}: {out.message})"
             for case, row in job.pairing + job.alone:
@@ -832,6 +847,9 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
     finally:
         for job in running.values():
             job.child.kill()
+        jax_cache.drop(cache_root)
+        with contextlib.suppress(OSError):
+            cache_root.parent.rmdir()  # when no other sweep is using it
         progress.close()
         summary.elapsed_s = time.monotonic() - start
     return summary
