@@ -5,6 +5,12 @@ Two sweeps of the same commit on the same machine measure the machine's repeatab
 share of cases whose medians are within 10% of each other. Two sweeps of different commits,
 library versions or machines show what changed; read the repeatability of the first kind before
 trusting a ratio of the second.
+
+What the suite answers is a ranking, so the verdicts are compared too (issue 16): each case's
+ratio to its problem's fastest exact strategy (within 10% in both runs?), the fastest strategy
+of each problem (the same in both, or marked tied with the other run's fastest?), and
+torch.auto's hit rate in each run (reports.auto), on the medians as the rows give them (paired
+where the rows were timed side by side).
 """
 from __future__ import annotations
 
@@ -13,7 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .auto import hit_rate, is_auto
+
 KEY = "case_id"
+PROBLEM = ["quantity", "problem", "device", "dtype"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,69 @@ def repeatability(pairs: pd.DataFrame, tolerance: float = 0.10,
                          float(np.exp(np.log(r).mean())), (float(lo), float(hi)))
 
 
+# ------------------------------------------------------------------------------ verdicts
+def _exact_ok(df: pd.DataFrame) -> pd.Series:
+    exact = df["exact"].map(lambda v: v is None or v != v or bool(v))
+    return df["status"].eq("ok") & exact & pd.to_numeric(df["median_s"]).notna() \
+        & ~df["strategy"].map(is_auto)
+
+
+def ratios_to_fastest(df: pd.DataFrame) -> pd.DataFrame:
+    """Each ok case's median over its problem's fastest exact ok strategy (torch.auto, which
+    runs one of the others, is not a rival), with that fastest strategy's name."""
+    ok = df[df["status"].eq("ok") & pd.to_numeric(df["median_s"]).notna()].copy()
+    best = (df[_exact_ok(df)].sort_values(["median_s", "strategy"])
+            .drop_duplicates(PROBLEM)[PROBLEM + ["strategy", "median_s"]]
+            .rename(columns={"strategy": "fastest_name", "median_s": "fastest_s"}))
+    ok = ok.merge(best, on=PROBLEM)
+    ok["ratio"] = ok["median_s"] / ok["fastest_s"]
+    return ok
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    cases: int          # ok in both, median over min_time_s in either
+    ratios_within: int  # of those, ratio to the fastest within `tolerance` in both runs
+    problems: int       # problems with a fastest exact strategy in both runs
+    same_or_tied: int   # of those, the same fastest, or marked tied with the other's
+    tolerance: float
+    min_time_s: float
+
+    def __str__(self) -> str:
+        share = self.ratios_within / self.cases if self.cases else float("nan")
+        fastest = self.same_or_tied / self.problems if self.problems else float("nan")
+        return (f"ratio to the problem's fastest within {self.tolerance:.0%} in both runs: "
+                f"{self.ratios_within} of {self.cases} cases over {self.min_time_s * 1e3:g} ms "
+                f"({share:.1%}); the same fastest strategy, or one marked tied with it: "
+                f"{self.same_or_tied} of {self.problems} problems ({fastest:.1%})")
+
+
+def _tied(df: pd.DataFrame) -> set:
+    """(problem key..., strategy) of rows marked tied with their problem's fastest."""
+    if "tied_with_fastest" not in df:
+        return set()
+    rows = df[df["tied_with_fastest"].map(lambda v: v is True or v == 1.0)]
+    return {tuple(r) for r in rows[PROBLEM + ["strategy"]].itertuples(index=False)}
+
+
+def verdicts(before: pd.DataFrame, after: pd.DataFrame, tolerance: float = 0.10,
+             min_time_s: float = 1e-3) -> Verdicts:
+    """Do the two runs give the same ranking? See Verdicts."""
+    a, b = ratios_to_fastest(before), ratios_to_fastest(after)
+    both = a[[KEY, "median_s", "ratio"]].merge(b[[KEY, "median_s", "ratio"]], on=KEY,
+                                               suffixes=("_a", "_b"))
+    timed = both[(both["median_s_a"] > min_time_s) | (both["median_s_b"] > min_time_s)]
+    apart = np.maximum(timed["ratio_a"] / timed["ratio_b"], timed["ratio_b"] / timed["ratio_a"])
+    fa = a.drop_duplicates(PROBLEM).set_index(PROBLEM)["fastest_name"]
+    fb = b.drop_duplicates(PROBLEM).set_index(PROBLEM)["fastest_name"]
+    common = fa.index.intersection(fb.index)
+    tied_a, tied_b = _tied(before), _tied(after)
+    agree = sum(fa[k] == fb[k] or (*k, fb[k]) in tied_a or (*k, fa[k]) in tied_b
+                for k in common)
+    return Verdicts(len(timed), int((apart <= 1 + tolerance).sum()), len(common), int(agree),
+                    tolerance, min_time_s)
+
+
 def status_changes(pairs: pd.DataFrame) -> pd.DataFrame:
     return pairs[pairs["status_before"] != pairs["status_after"]]
 
@@ -77,7 +149,9 @@ def moved(pairs: pd.DataFrame, factor: float, min_time_s: float) -> pd.DataFrame
     """Cases ok in both whose median moved by more than `factor` either way, largest first."""
     timed = _timed(pairs, min_time_s)
     apart = np.maximum(timed["ratio"], 1 / timed["ratio"])
-    return timed[apart > factor].assign(apart=apart).sort_values("apart", ascending=False)
+    # assign before selecting: pandas 3 aligns a Series assigned to an empty frame into NaN rows
+    timed = timed.assign(apart=apart)
+    return timed[timed["apart"] > factor].sort_values("apart", ascending=False)
 
 
 def compare_lines(before: pd.DataFrame, after: pd.DataFrame, factor: float = 1.5,
@@ -88,7 +162,12 @@ def compare_lines(before: pd.DataFrame, after: pd.DataFrame, factor: float = 1.5
     only_after = len(set(after[KEY]) - set(before[KEY]))
     lines = [f"{len(pairs)} cases in both files; {only_before} only in the first, "
              f"{only_after} only in the second",
-             f"repeatability: {repeatability(pairs, tolerance, min_time_s)}"]
+             f"repeatability: {repeatability(pairs, tolerance, min_time_s)}",
+             f"verdicts: {verdicts(before, after, tolerance, min_time_s)}"]
+    for name, df in (("first", before), ("second", after)):
+        rate, _ = hit_rate(df, "torch")
+        if rate.cases:
+            lines.append(f"torch.auto, {name} run: {rate}")
     changes = status_changes(pairs)
     if len(changes):
         lines.append(f"status changed in {len(changes)} cases:")

@@ -59,3 +59,38 @@ def test_command_line_prints_the_comparison_and_refuses_a_missing_file(two_runs,
     assert cli.main(["compare", str(tmp_path / "a.jsonl"), str(tmp_path / "nope.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "nope.jsonl" in err and "does not exist" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------ verdicts
+def _problem_rows(path, medians: dict[str, float], tied=(), problem="p@n=1"):
+    """One problem's rows: strategy -> median; `tied` strategies marked tied with the fastest."""
+    for name, median in medians.items():
+        case = store.case_id("jacobian", problem, name, "cpu", "float32")
+        store.append(path, _row(1, case_id=case, problem=problem, strategy=name,
+                                median_s=median, tied_with_fastest=name in tied))
+
+
+def test_verdicts_compare_ratios_to_the_fastest_and_the_fastest_itself(tmp_path):
+    from reports.compare import verdicts
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # Problem 1: the host ran 2x slower in b, ratios unchanged; same fastest.
+    _problem_rows(a, {"torch.jacrev": 2e-3, "torch.jacfwd": 4e-3, "torch.auto": 1e-3})
+    _problem_rows(b, {"torch.jacrev": 4e-3, "torch.jacfwd": 8e-3, "torch.auto": 2e-3})
+    # Problem 2: the fastest changed, but a marked the new one tied; jacfwd's ratio moved 15%.
+    _problem_rows(a, {"torch.jacrev": 2e-3, "torch.vmap_vjp": 2.1e-3, "torch.jacfwd": 6e-3},
+                  tied={"torch.jacrev", "torch.vmap_vjp"}, problem="p@n=2")
+    _problem_rows(b, {"torch.jacrev": 2.1e-3, "torch.vmap_vjp": 2e-3, "torch.jacfwd": 6.9e-3},
+                  problem="p@n=2")
+    # Problem 3: another fastest, not tied: a changed verdict.
+    _problem_rows(a, {"torch.jacrev": 2e-3, "torch.jacfwd": 3e-3}, problem="p@n=3")
+    _problem_rows(b, {"torch.jacrev": 3e-3, "torch.jacfwd": 2e-3}, problem="p@n=3")
+    v = verdicts(store.load(a), store.load(b))
+    # torch.auto is no rival (it runs one of the others) but its own ratio is compared.
+    assert (v.problems, v.same_or_tied) == (3, 2)
+    # Cases: 3 + 3 + 2; within 10%: problem 1 all three, problem 2 jacrev (1 vs 1.05) and
+    # vmap_vjp (1.05 vs 1); not jacfwd (3 vs 3.45) nor either of problem 3.
+    assert (v.cases, v.ratios_within) == (8, 5)
+    text = "\n".join(compare_lines(store.load(a), store.load(b)))
+    assert "5 of 8 cases over 1 ms (62.5%)" in text and "2 of 3 problems (66.7%)" in text
+    assert "torch.auto, first run: auto within 1.25x" in text
