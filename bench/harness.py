@@ -235,7 +235,7 @@ def judge(exact: bool, err: float, tol: float, note: str = "") -> tuple[str, str
     agrees = err <= tol if exact else np.isfinite(err)
     if agrees:
         return "ok", note
-    return "disagrees", f"max error {err:.3g} > tolerance {tol:.0e}" + (f"; {note}" if note else "")
+    return "disagrees", f"max error {err:.3g} > tolerance {tol:.2g}" + (f"; {note}" if note else "")
 
 
 def prepared_notes(fn) -> str:
@@ -260,7 +260,7 @@ def _warning_note(caught, said: str = "") -> str:
 # ------------------------------------------------------------------------------ one case
 def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
              ref: np.ndarray | None, threads: int, timing: Timing = Timing(), send=None,
-             exclusive=None, save_to=None) -> dict:
+             exclusive=None, save_to=None, tol: float | None = None) -> dict:
     """Measure one case here and now; returns the measurement columns of its result row.
 
     `send(partial_row)`, when given, receives what is known before the steady-state timing
@@ -271,8 +271,10 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
     a model out of reach of the strategy's transform (see `transform_limit`) 'not_applicable'.
     `ref` None (no float64 reference: a consensus is formed later): the result is saved to
     `save_to` (.npy), and the status stays 'ok' with no error until the runner judges it.
+    `tol`: the problem's measured tolerance (strategies.agreement.tolerance); None: the
+    dtype's default.
     """
-    tol = tolerance(dtype)
+    tol = tolerance(dtype) if tol is None else tol
     row = {"tolerance": tol, "threads": threads}
     mem = PeakMemory(device, strategy.framework)
     mem.start()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import secrets
@@ -346,6 +347,13 @@ def reference_path(refs_dir: Path, problem: Problem) -> Path:
     return refs_dir / f"{problem.quantity}-{safe}-{problem_digest(problem)}.npy"
 
 
+def save_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_atomic(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -366,6 +374,14 @@ class ProblemInfo:
     # its cases save their results, and the median of the exact ones becomes the reference.
     reference: str = "float64"
     why: str = ""
+    noise: float | None = None  # the float32 noise floor (strategies.quantities.noise_floor)
+
+    def tolerance(self, dtype: str) -> float:
+        return strategies.tolerance(dtype, self.noise)
+
+    @property
+    def noise_path(self) -> Path:
+        return self.ref_path.with_name(self.ref_path.stem + ".noise32.json")
 
 
 def reference_kind(problem: Problem, cap_bytes: int) -> tuple[str, str]:
@@ -611,8 +627,12 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         def child(send):
             harness.pin_threads(threads, case.device, slots[slot])
-            if info.reference == "float64" and not info.ref_path.exists():
-                save_atomic(info.ref_path, strategies.reference(p))
+            if info.reference == "float64":
+                if not info.ref_path.exists():
+                    save_atomic(info.ref_path, strategies.reference(p))
+                if not info.noise_path.exists():  # what makes the problem's tolerance
+                    noise = strategies.noise_floor(p, np.load(info.ref_path))
+                    save_text_atomic(info.noise_path, json.dumps({"noise32": noise}))
             send({"reference": "ok"})
             return {"forward_s": harness.forward_time(
                 p, case.device, case.dtype, threads, profile.timing,
@@ -629,6 +649,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         info = job.info
         if out.status == "done":
             info.forward_s = out.result["forward_s"]
+        if info.reference == "float64" and info.noise_path.exists():
+            info.noise = json.loads(info.noise_path.read_text())["noise32"]
         if info.reference == "float64" and not info.ref_path.exists():
             if is_user(job.case_of.problem):
                 # Out of memory (the estimate was too hopeful), or a model out of reach of the
@@ -656,7 +678,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             ref = np.load(info.ref_path) if save_to is None else None
             out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
                                    threads, profile.timing, send,
-                                   exclusive=lambda: exclusive(lock, send), save_to=save_to)
+                                   exclusive=lambda: exclusive(lock, send), save_to=save_to,
+                                   tol=info.tolerance(case.dtype))
             if case.device == "cuda":
                 import torch
 
@@ -774,7 +797,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         info = infos.get(problem_key(case))
         if info is not None and info.error:
             return {"status": "error", "message": info.error, "forward_s": info.forward_s,
-                    "tolerance": strategies.tolerance(case.dtype)}
+                    "tolerance": info.tolerance(case.dtype), "noise_floor": info.noise}
         return None
 
     def fill(slot: int) -> bool:
@@ -833,7 +856,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                 case = job.case
                 row = _row_base(case, env, run_id)
                 info = infos[problem_key(case)]
-                row.update(forward_s=info.forward_s, tolerance=strategies.tolerance(case.dtype),
+                row.update(forward_s=info.forward_s, tolerance=info.tolerance(case.dtype),
+                           noise_floor=info.noise,
                            forward_kind=harness.forward_kind_of(case.problem))
                 if out.status == "done":
                     row.update(out.result)
@@ -841,6 +865,9 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                     row.update(out.partial)
                     phase = " while timing" if "first_call_s" in out.partial else ""
                     row.update(status=out.status, message=out.message + phase)
+                capped = strategies.agreement.tolerance_note(case.dtype, info.noise)
+                if capped and row.get("status") in ("ok", "disagrees"):
+                    row["message"] = "; ".join(t for t in (row.get("message"), capped) if t)
                 record(case, row)
     except KeyboardInterrupt:
         summary.interrupted = True

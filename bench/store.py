@@ -24,7 +24,8 @@ STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "not_applicable", "ski
 CASE_COLUMNS = ("run_id", "case_id", "quantity", "problem", "family", "size", "mode", "scale",
                 "sizes", "params", "strategy", "framework", "exact", "device", "dtype")
 MEASURE_COLUMNS = ("status", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
-                   "peak_mem_bytes", "max_error", "tolerance", "reference", "message",
+                   "peak_mem_bytes", "max_error", "tolerance", "noise_floor", "reference",
+                   "message",
                    # issue 16: how median_s was timed ("paired": side by side with the
                    # problem's other ok strategies, bench.paired; "isolated": alone), the
                    # isolated timing kept beside it, the paired rounds and the ratio to the

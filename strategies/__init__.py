@@ -6,9 +6,9 @@
 """
 import importlib
 
-from .agreement import TOLERANCE, max_error, tolerance
+from .agreement import max_error, tolerance
 from .problem import Layer, ModelSpec, Problem
-from .quantities import NTK_MODES, QUANTITIES, quantity, reference
+from .quantities import NTK_MODES, QUANTITIES, noise_floor, quantity, reference
 from .registry import Strategy, UnknownName, get, register, strategies
 
 # One module per family of strategies and framework; importing one registers its strategies.
@@ -25,6 +25,6 @@ IMPLEMENTATIONS = (
 for _name in IMPLEMENTATIONS:
     importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["Layer", "ModelSpec", "NTK_MODES", "Problem", "QUANTITIES", "Strategy", "TOLERANCE",
-           "UnknownName", "get", "max_error", "quantity", "reference", "register", "strategies",
-           "tolerance"]
+__all__ = ["Layer", "ModelSpec", "NTK_MODES", "Problem", "QUANTITIES", "Strategy",
+           "UnknownName", "get", "max_error", "noise_floor", "quantity", "reference", "register",
+           "strategies", "tolerance"]

@@ -148,10 +148,21 @@ def quantity(name: str) -> Quantity:
     return QUANTITIES[name]
 
 
-def reference(problem: Problem) -> np.ndarray:
-    """The dense float64 reference of the problem's quantity, as a numpy array."""
-    view = torch_view(problem, "cpu", torch.float64)
-    out = quantity(problem.quantity).reference(view).detach().cpu().numpy()
+def reference(problem: Problem, dtype=torch.float64) -> np.ndarray:
+    """The dense reference of the problem's quantity, as a float64 numpy array; computed in
+    float64 unless `dtype` says otherwise (float32: the noise floor's route)."""
+    view = torch_view(problem, "cpu", dtype)
+    out = quantity(problem.quantity).reference(view).detach().cpu().numpy().astype(np.float64)
     expected = quantity(problem.quantity).shape(problem)
     assert out.shape == tuple(expected), (problem, out.shape, expected)
     return out
+
+
+def noise_floor(problem: Problem, ref: np.ndarray) -> float:
+    """The float32 noise floor of the problem's quantity: the error (strategies.agreement's
+    rule) of the same dense reference route run in float32, against `ref`, the float64 one.
+    It is what rounding alone does to the quantity on this problem, long reductions included;
+    strategies.agreement.tolerance turns it into the tolerance."""
+    from .agreement import max_error
+
+    return max_error(reference(problem, torch.float32), ref)

@@ -12,7 +12,7 @@ import torch
 
 import strategies
 from bench.problems import problems
-from conftest import cases, reference_for
+from conftest import cases, reference_for, tolerance_for
 from strategies.agreement import max_error, tolerance
 from strategies.jax_model import JAX_MISSING, jax_gpu_available, jax_view
 from strategies.torch_model import torch_view
@@ -29,8 +29,8 @@ def _run(strategy, problem, dtype, device="cpu", **options):
 
 def _check(strategy, problem, dtype, device="cpu"):
     err = max_error(_run(strategy, problem, dtype, device), reference_for(problem))
-    assert err <= tolerance(dtype), \
-        f"{strategy.name} on {problem.id} ({dtype}, {device}): error {err:.3g} > {tolerance(dtype):.0e}"
+    tol = tolerance_for(problem, dtype)
+    assert err <= tol, f"{strategy.name} on {problem.id} ({dtype}, {device}): error {err:.3g} > {tol:.2g}"
 
 
 def _dtype_cases():
