@@ -26,6 +26,9 @@ class Quantity:
     layout: str  # human-readable canonical output shape
     shape: Callable[[Problem], tuple[int, ...]]
     reference: Callable[[TorchView], torch.Tensor]
+    # Axes of the output indexed by samples (batch layouts), so that checks can tell a result
+    # whose samples were mixed up (tests/test_mutation.py swaps two).
+    sample_axes: tuple[int, ...] = ()
 
 
 def _n(p): return p.spec.in_dim
@@ -107,19 +110,23 @@ QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
              lambda p: (_m(p), _n(p)), lambda v: _jac(v, v.data["x"])),
     Quantity("batch_jacobian", "per-sample J of a batch map (B, n) -> (B, m)", ("X",), "(B, m, n)",
              lambda p: (_b(p), _m(p), _n(p)),
-             lambda v: vmap(jacrev(lambda x: v.fb(x[None])[0]))(v.data["X"]).flatten(2)),
+             lambda v: vmap(jacrev(lambda x: v.fb(x[None])[0]))(v.data["X"]).flatten(2),
+             sample_axes=(0,)),
     Quantity("param_jacobian", "per-sample J of the outputs w.r.t. all parameters (flattened "
              "in named_parameters order)", ("X",), "(B, m, P)",
-             lambda p: (_b(p), _m(p), _np(p)), lambda v: _param_jac(v, v.data["X"])),
+             lambda p: (_b(p), _m(p), _np(p)), lambda v: _param_jac(v, v.data["X"]),
+             sample_axes=(0,)),
     Quantity("jac_diag", "D[i, k] = dy[i, k] / dx[i] for y = f(x), x in R^N (seed 002: a batch "
              "of scalar inputs; or a square map with k = 1)", ("x",), "(N, k)",
              lambda p: (p.data["x"].shape[0], _m(p) if "separable" in p.flags else 1),
-             lambda v: _jac_diag(v, v.data["x"])),
+             lambda v: _jac_diag(v, v.data["x"]),
+             sample_axes=(0,)),
     Quantity("hessian", "H of phi(x) = 0.5 ||f(x)||^2", ("x",), "(n, n)",
              lambda p: (_n(p), _n(p)), lambda v: _hess(v, v.data["x"])),
     Quantity("batch_hessian", "per-sample H of phi(x_b) = 0.5 ||f(x_b)||^2", ("X",), "(B, n, n)",
              lambda p: (_b(p), _n(p), _n(p)),
-             lambda v: vmap(hessian(_phi_one(v)))(v.data["X"])),
+             lambda v: vmap(hessian(_phi_one(v)))(v.data["X"]),
+             sample_axes=(0,)),
     Quantity("hessian_diag", "diag(H) of phi(x) = 0.5 ||f(x)||^2", ("x",), "(n,)",
              lambda p: (_n(p),), lambda v: torch.diagonal(_hess(v, v.data["x"]))),
     Quantity("hvp", "H v for phi(x) = 0.5 ||f(x)||^2", ("x", "v"), "(n,)",
@@ -136,7 +143,8 @@ QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
              lambda v: _jac(v, v.data["x1"]) @ _jac(v, v.data["x2"]).T),
     Quantity("ntk", "empirical NTK J(X1) J(X2)^T over parameters; mode full (B1, B2, m, m), "
              "trace (B1, B2) or diagonal (B1, B2, m)", ("X1", "X2"), "see mode",
-             _ntk_shape, lambda v: _ntk(v, v.data["X1"], v.data["X2"], v.problem.mode)),
+             _ntk_shape, lambda v: _ntk(v, v.data["X1"], v.data["X2"], v.problem.mode),
+             sample_axes=(0, 1)),
 ]}
 
 
