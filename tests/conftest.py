@@ -1,6 +1,7 @@
 """Shared test helpers: a reference cache and the one agreement assertion every test uses."""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -62,3 +63,34 @@ def cases(framework: str | None = None, exact: bool | None = True):
             if s.not_applicable(p) is None:
                 out.append(pytest.param(s, p, id=f"{s.quantity}-{s.name}-{p.id}"))
     return out
+
+
+# ------------------------------------------------------------------------------ mutation score
+def _score_file():
+    from test_mutation import SCORE_FILE
+
+    return SCORE_FILE
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller, before any worker writes
+        import os
+
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_score_file())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The checker's mutation score (tests/test_mutation.py), summed over the workers."""
+    import json
+
+    try:
+        with open(_score_file()) as fh:
+            counts = [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        return
+    caught, total, skipped = (sum(c[i] for c in counts) for i in range(3))
+    terminalreporter.write_line(
+        f"mutation score: {caught}/{total} wrong results judged disagrees "
+        f"({100 * caught / max(total, 1):.1f}%) on {len(counts)} problems; {skipped} mutations "
+        f"not applicable (symmetric block, identical samples, no sample axis)")
