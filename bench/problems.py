@@ -16,6 +16,8 @@ from strategies.problem import Layer, ModelSpec, Problem
 from strategies.quantities import NTK_MODES, QUANTITIES
 from strategies.registry import unknown
 
+from .well_posed import off_kinks
+
 LADDERS = ("test", "quick", "full")
 
 
@@ -240,8 +242,11 @@ def make(family: str, quantity: str, sizes: dict, mode: str | None = None,
     rng = np.random.default_rng([seed, zlib.crc32(family.encode()), *(int(v) for v in sizes.values())])
     spec = fam.build(rng, sizes)
     data = _data(fam, quantity, spec, sizes, rng)
+    label = _label(sizes)
+    data = off_kinks(spec, data, lambda shape: _sample(rng, shape, fam.positive_inputs),
+                     f"{family}@{label}")
     counts = {**sizes, "params": spec.param_count}
-    return Problem(family, _label(sizes), quantity, spec, data, counts, fam.flags,
+    return Problem(family, label, quantity, spec, data, counts, fam.flags,
                    mode if quantity == "ntk" else None, seed)
 
 
