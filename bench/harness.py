@@ -359,12 +359,8 @@ def forward_callable(problem: Problem, device: str, dtype: str, kind: str | None
     if kind != "torch eager":
         return _jax_forward_callable(problem, device, dtype, jit=kind == "jax jit")
     v = torch_view(problem, device, dtype)
-    calls = []
-    for key, x in v.data.items():
-        if key in ("X", "X1", "X2"):
-            calls.append((v.fb, x))
-        elif key in ("x", "x1", "x2"):
-            calls.append((v.fd if problem.quantity == "jac_diag" else v.f, x))
+    views = quantity(problem.quantity).views  # each model input, with the view that takes it
+    calls = [(getattr(v, views[key]), x) for key, x in v.data.items() if key in views]
 
     def run():
         with torch.no_grad():
@@ -386,7 +382,7 @@ def _jax_forward_callable(problem: Problem, device: str, dtype: str, jit: bool =
     fn = jax.jit(forward) if jit else forward
     with scope(dtype, dev):  # float64 arrays keep their dtype only inside the x64 scope
         xs = [x.reshape(-1, *shape) for k, x in v.data.items()
-              if k in ("X", "X1", "X2", "x", "x1", "x2")]
+              if k in quantity(problem.quantity).views]
 
     def run():
         with scope(dtype, dev):

@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from strategies.problem import Layer, ModelSpec, Problem
-from strategies.quantities import NTK_MODES, QUANTITIES
+from strategies.quantities import QUANTITIES, Dims, Draw
+from strategies.quantities import quantity as definition
 from strategies.registry import unknown
 
 from .well_posed import off_kinks
@@ -97,24 +98,15 @@ def _sample(rng, shape, positive):
 
 
 def _data(fam: Family, q: str, spec: ModelSpec, s: dict, rng) -> dict[str, np.ndarray]:
-    n, ins, pos = spec.in_dim, spec.in_shape, fam.positive_inputs
-    if q in ("jacobian", "hessian", "hessian_diag"):
-        return {"x": _sample(rng, n, pos)}
-    if q in ("jvp", "hvp"):
-        return {"x": _sample(rng, n, pos), "v": rng.normal(0, 1, n)}
-    if q == "vjp":
-        return {"x": _sample(rng, n, pos), "u": rng.normal(0, 1, spec.out_dim)}
-    if q == "cross_jacobian":
-        return {"x1": _sample(rng, n, pos), "x2": _sample(rng, n, pos)}
-    if q == "jac_diag":
-        return {"x": _sample(rng, s["N"] if "separable" in fam.flags else n, pos)}
-    if q in ("batch_jacobian", "batch_hessian", "param_jacobian"):
-        return {"X": _sample(rng, (s["B"], *ins), pos)}
-    if q == "ggn_vp":
-        return {"X": _sample(rng, (s["B"], *ins), pos), "v": rng.normal(0, 1, spec.param_count)}
-    if q == "ntk":
-        return {"X1": _sample(rng, (s["B1"], *ins), pos), "X2": _sample(rng, (s["B2"], *ins), pos)}
-    raise unknown("quantity", q, QUANTITIES)
+    """The quantity's data (strategies.quantities), its model inputs drawn from the problem's
+    rng: uniform in [0, 1) for positive-input families, standard normal otherwise."""
+    def point(i):  # fresh samples: the i-th is the next one drawn
+        return _sample(rng, spec.in_dim, fam.positive_inputs)
+
+    def batch(key):
+        return _sample(rng, (s[key], *spec.in_shape), fam.positive_inputs)
+    dims = Dims(spec.in_dim, spec.out_dim, spec.param_count, spec.in_shape, s, fam.flags)
+    return definition(q).inputs(dims, Draw(point, batch), rng)
 
 
 def _mlp(rng, s):
@@ -268,6 +260,6 @@ def problems(quantity: str | None = None, ladder: str = "quick",
             if quantity not in (None, q):
                 continue
             for s in ladder_sizes:
-                for mode in (NTK_MODES if q == "ntk" else (None,)):
+                for mode in (QUANTITIES[q].modes or (None,)):
                     out.append(make(fam.name, q, s, mode))
     return out

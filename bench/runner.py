@@ -80,7 +80,7 @@ def _quick_trim(case, rank: int, sizes: int) -> bool:
     s, p = case.strategy, case.problem
     if s.framework != "jax":
         return True
-    if p.quantity == "ntk" and p.mode != "full":
+    if p.mode not in (None, "full"):  # the NTK's trace and diagonal modes
         return rank == 0 and sizes > 1
     if s.name.endswith("_jit") and "loop" not in s.name:
         return True

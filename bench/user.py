@@ -30,15 +30,13 @@ import numpy as np
 
 import strategies
 from strategies.problem import Problem
-from strategies.quantities import NTK_MODES, QUANTITIES
+from strategies.quantities import QUANTITIES, Dims, Draw
 from strategies.user_model import (UserModel, UserModelError, call_factory, kind_of,
                                    load_factory, weights_digest)
 
 # What `--model` runs when no --quantity is given: the per-sample quantities a researcher asks
 # about their network at a batch size (all three NTK modes unless --mode narrows them).
 DEFAULT_QUANTITIES = ("ntk", "param_jacobian", "ggn_vp", "batch_jacobian")
-PARAM_QUANTITIES = ("param_jacobian", "ggn_vp", "ntk")
-BATCH_QUANTITIES = ("batch_jacobian", "batch_hessian", "param_jacobian", "ggn_vp", "ntk")
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -275,7 +273,7 @@ def _inputs_text(X) -> str:
 def _blocked(q: str, f: Facts, spec: UserModel) -> tuple[str, str] | None:
     if f.output_problem:
         return "error", f.output_problem
-    if q in PARAM_QUANTITIES:
+    if QUANTITIES[q].wrt == "params":
         if spec.param_count == 0:
             return "not_applicable", (f"the model has no parameters: {q} differentiates w.r.t. "
                                       "parameters; give a model with parameters, or ask for "
@@ -284,15 +282,15 @@ def _blocked(q: str, f: Facts, spec: UserModel) -> tuple[str, str] | None:
     return ("error", f.input_problem) if f.input_problem else None
 
 
-def _jac_diag_data(spec: UserModel, X):
-    if spec.in_shape == (1,):  # a batch of scalar inputs: D[i, k] = dy[i, k] / dx[i]
-        return {"x": X[:, 0]}, frozenset({"separable"}), None
-    if spec.in_dim == spec.out_dim:  # a square map R^n -> R^n
-        return {"x": X[0].reshape(-1)}, frozenset(), None
-    return {"x": X[0].reshape(-1)}, frozenset(), (
-        "not_applicable", f"jac_diag needs one scalar input per sample (--input-shape 1) or a "
-                          f"square map; this model maps {spec.in_dim} inputs to "
-                          f"{spec.out_dim} outputs per sample")
+def _draw(X: np.ndarray, second, rng) -> Draw:
+    """The given batch as the quantity's model inputs: its samples one by one (standard normal
+    past its end), and itself as every batch, the NTK's second one (B2) aside when given."""
+    def point(i):
+        return X[i].reshape(-1) if i < X.shape[0] else rng.normal(0, 1, X[0].size)
+
+    def batch(key):
+        return np.asarray(second) if key == "B2" and second is not None else X
+    return Draw(point, batch)
 
 
 def problems_for(spec: UserModel, batches: dict[int, np.ndarray], facts: dict[int, Facts],
@@ -300,45 +298,25 @@ def problems_for(spec: UserModel, batches: dict[int, np.ndarray], facts: dict[in
                  ) -> list[Problem]:
     """The problems of a user model: per-sample quantities once per batch size, one-input
     quantities once (the first sample of the smallest batch)."""
-    modes = list(modes or NTK_MODES)
     out = []
     smallest = min(batches)
+    n, m, P = spec.in_dim, spec.out_dim, spec.param_count
     for q in quantities:
-        per_batch = q in BATCH_QUANTITIES or (q == "jac_diag" and spec.in_shape == (1,))
-        for b in sorted(batches) if per_batch else [smallest]:
+        Q = QUANTITIES[q]
+        shaped, why = Q.shaped(Dims(n, m, P, spec.in_shape))
+        key = Q.batch_key(shaped)  # None: the quantity is at one input vector
+        for b in sorted(batches) if key else [smallest]:
             X, f = batches[b], facts[b]
             rng = np.random.default_rng([seed, b, len(q)])
-            n, m = spec.in_dim, spec.out_dim
-            x0 = X[0].reshape(-1)
-            flags = frozenset({"coupled"}) if f.coupled else frozenset()
-            blocked = _blocked(q, f, spec)
-            sizes = {"B": b, "params": spec.param_count, "scale": b}
-            label = f"B={b}"
-            if q not in BATCH_QUANTITIES:
-                sizes, label = {"n": n, "m": m, "params": spec.param_count, "scale": n}, \
-                    f"n={n},m={m}"
-            if q in ("jacobian", "hessian", "hessian_diag"):
-                data = {"x": x0}
-            elif q in ("jvp", "hvp"):
-                data = {"x": x0, "v": rng.normal(0, 1, n)}
-            elif q == "vjp":
-                data = {"x": x0, "u": rng.normal(0, 1, m)}
-            elif q == "cross_jacobian":
-                data = {"x1": x0, "x2": X[1].reshape(-1) if b > 1 else rng.normal(0, 1, n)}
-            elif q == "jac_diag":
-                data, extra, why = _jac_diag_data(spec, X)
-                flags, blocked = flags | extra, blocked or why
-                if "separable" in extra:
-                    sizes, label = {"N": b, "params": spec.param_count, "scale": b}, f"N={b}"
-            elif q == "ggn_vp":
-                data = {"X": X, "v": rng.normal(0, 1, spec.param_count)}
-            elif q == "ntk":
-                data = {"X1": X, "X2": X if second is None else np.asarray(second)}
-            elif q in ("batch_jacobian", "batch_hessian"):  # layouts (B, m, n), (B, n, n)
-                data = {"X": X.reshape(b, -1)}
+            flags = shaped | ({"coupled"} if f.coupled else frozenset())
+            blocked = _blocked(q, f, spec) or why
+            if key:
+                sizes, label = {key: b, "params": P, "scale": b}, f"{key}={b}"
             else:
-                data = {"X": X}
-            for mode in (modes if q == "ntk" else [None]):
+                sizes, label = {"n": n, "m": m, "params": P, "scale": n}, f"n={n},m={m}"
+            data = Q.inputs(Dims(n, m, P, spec.in_shape, sizes, flags), _draw(X, second, rng),
+                            rng)
+            for mode in ((list(modes) if modes else Q.modes) if Q.modes else [None]):
                 out.append(Problem(spec.name, label, q, spec, data, sizes, flags, mode, seed,
                                    blocked))
     return out

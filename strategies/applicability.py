@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from .problem import ModelSpec, Problem
+from .quantities import quantity
 
 
 def samples_independent(problem: Problem) -> str | None:
     """The sum-over-batch trick and one-jvp diagonals need outputs of one sample to depend on
     that sample's inputs only."""
-    if problem.quantity == "jac_diag" and "separable" not in problem.flags:
+    if quantity(problem.quantity).batch_key(problem.flags) is None:  # one input vector
         return "outputs mix all inputs (not a batch of independent samples)"
     if "coupled" in problem.flags:
         return "samples interact (e.g. train-mode batch norm)"

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .problem import ModelSpec, Problem
+from .quantities import quantity
 
 FEATURES = ("n", "m", "B", "P", "W")
 # A light penalty on the shared exponents too: P and W are nearly equal on MLPs, and without
@@ -81,10 +82,11 @@ def features(problem: Problem) -> dict[str, float]:
     spec = problem.spec
     n, m, P = spec.in_dim, spec.out_dim, spec.param_count
     B = 0
-    for name, a in problem.data.items():
-        if name in ("X", "X1", "X2"):
+    for name, view in quantity(problem.quantity).views.items():  # the model's inputs
+        a = problem.data[name]
+        if view == "fb":  # a batch
             B += a.shape[0]
-        elif name in ("x", "x1", "x2") and a.size != n:  # jac_diag on N independent scalars
+        elif a.size != n:  # jac_diag on N independent scalars
             B += a.size // max(n, 1)
     # A user model has no layer list: a dense network's forward work is about its parameters.
     W = forward_macs(spec) if isinstance(spec, ModelSpec) else P

@@ -266,30 +266,13 @@ def reference_bytes(problem) -> int:
     """A generous estimate of the memory the dense float64 reference of a user problem needs:
     the model in float64, the dense arrays the reference builds (strategies.quantities) and
     the activations its vmapped reverse passes hold, twice over for autograd's copies."""
-    spec, q = problem.spec, problem.quantity
-    n, m, P, a = spec.in_dim, spec.out_dim, spec.param_count, max(spec.act_per_sample, 1)
-    B = max((v.shape[0] for k, v in problem.data.items() if k in ("X", "X1", "X2")), default=1)
-    if q in ("jacobian", "jvp", "vjp"):
-        work = m * (n + a)
-    elif q == "cross_jacobian":
-        work = 2 * m * (n + a)
-    elif q == "batch_jacobian":
-        work = B * m * (n + a)
-    elif q in ("param_jacobian", "ggn_vp"):
-        work = B * m * (P + a) * (2 if q == "ggn_vp" else 1)
-    elif q == "ntk":
-        B1, B2 = problem.data["X1"].shape[0], problem.data["X2"].shape[0]
-        block = 2 ** 25  # strategies.quantities._BLOCK: per-sample Jacobians held at once
-        work = B1 * B2 * m * m + 2 * min(B1 * m * P, block) + B1 * m * a
-    elif q in ("hessian", "hessian_diag", "hvp"):
-        work = n * (n + 2 * a)
-    elif q == "batch_hessian":
-        work = B * n * (n + 2 * a)
-    elif q == "jac_diag":
-        N = problem.data["x"].shape[0]
-        work = N * N * m + 64 * a * N
-    else:
-        work = B * m * (P + n + a)
+    # Late: strategies.quantities imports torch_model, which imports this module.
+    from .quantities import Dims, quantity
+
+    spec = problem.spec
+    dims = Dims(spec.in_dim, spec.out_dim, spec.param_count, spec.in_shape, problem.sizes,
+                problem.flags, max(spec.act_per_sample, 1))
+    P, work = spec.param_count, quantity(problem.quantity).reference_work(dims, problem.data)
     data = sum(int(np.asarray(v).size) for v in problem.data.values())
     return int(8 * (2 * P + 2 * work + data))
 
