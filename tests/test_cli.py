@@ -261,3 +261,26 @@ def test_quick_trims_jax_but_not_named_strategies_or_full():
     full = select_cases("full", quantities=["ntk"], frameworks=["jax"])
     assert {c.problem.mode for c in full if c.problem.family == "seed003_convnet"} == \
         {"full", "trace", "diagonal"}
+
+
+def test_planted_wrong_results_on_the_quick_seeds_all_disagree(tmp_path):
+    """Issue 15's held-out check in miniature: the reference perturbed four ways, on seed 001's
+    own workload (J(x1) J(x2)^T of about 3e-5, where the old rule passed zeros) and seed 000's
+    J^T J v (entries up to 6805), through the command line."""
+    results = tmp_path / "r.jsonl"
+    code = ("import sys; import planted_mutants; from bench.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    args = ["run", "--profile", "quick", "--problem", "seed001_sqrt,seed000_mlp",
+            "--quantity", "cross_jacobian,ggn_vp", "--strategy",
+            "torch.mutant_zeros,torch.mutant_one_percent,torch.mutant_one_entry,"
+            "torch.mutant_negated,torch.mutant_reference", "--results", results, "--quiet"]
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = store.read_rows(results)
+    assert len({r["problem"] for r in rows}) == 6
+    for r in rows:
+        want = "ok" if r["strategy"] == "torch.mutant_reference" else "disagrees"
+        assert r["status"] == want, r
+        assert 0 < r["tolerance"] <= 1e-3 and r["noise_floor"] > 0
