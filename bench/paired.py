@@ -35,31 +35,42 @@ class Rounds:
     one 100 ms strategy would leave the others a handful of rounds.
     `min_rounds`: the fast callables get at least this many rounds even past the budget (the
     child's time limit still bounds them).
+    `warm_below_s`: a block of a callable faster than this starts with one untimed call. The
+    first call after the other strategies ran pays for cold caches: in a quick sweep a 0.75 ms
+    NTK cost 1.27 ms per call in blocks of one call and 0.75 ms in blocks of three, so the
+    time per call depended on the block size; a slower call hides that cost in its own length.
     """
 
     budget_s: float = 1.5
     block_s: float = 0.002
     fair_share: float = 3.0
     min_rounds: int = 5
+    warm_below_s: float = 0.02
     resamples: int = 2000
     seed: int = 0
 
 
-def _block(fn, calls: int, clock=time.perf_counter) -> float:
-    """Seconds for `calls` forced calls of `fn`, back to back."""
+def _block(fn, calls: int, clock=time.perf_counter, warm: bool = False) -> float:
+    """Seconds for `calls` forced calls of `fn`, back to back (after an untimed one: `warm`)."""
+    if warm:
+        force(fn())
     t0 = clock()
     for _ in range(calls):
         force(fn())
     return clock() - t0
 
 
-def calibrate(fn, block_s: float, clock=time.perf_counter) -> tuple[int, float]:
+def calibrate(fn, block_s: float, clock=time.perf_counter,
+              estimate_s: float | None = None) -> tuple[int, float]:
     """(calls per block, seconds per call) for a callable already called once (compiled).
 
     One call times the callable; a fast one is then timed over a block of the estimated size,
     and the size corrected once, since a single call of a microsecond callable is mostly timer
-    and cache noise."""
-    once = _block(fn, 1, clock)
+    and cache noise. With `estimate_s` (its median timed alone) of at least half a block, no
+    call is spent: it runs one call per block, and a slow strategy's calls are the budget."""
+    if estimate_s is not None and estimate_s >= block_s / 2:
+        return 1, estimate_s
+    once = _block(fn, 1, clock, warm=True)
     if once >= block_s / 2:
         return 1, once
     calls = max(1, round(block_s / max(once, 1e-9)))
@@ -68,16 +79,24 @@ def calibrate(fn, block_s: float, clock=time.perf_counter) -> tuple[int, float]:
     return calls, per_call
 
 
+def warms(per_call_s: float, rounds: Rounds) -> bool:
+    """Whether the callable's blocks start with an untimed call (Rounds.warm_below_s)."""
+    return per_call_s < rounds.warm_below_s
+
+
 def period(per_call_s: float, calls: int, rounds: Rounds) -> int:
     """Run a callable every `period` rounds: 1 for a block of about `block_s`, more for a
-    callable whose single call is longer than `fair_share` blocks (see Rounds)."""
-    block = per_call_s * calls
+    callable whose single call is longer than `fair_share` blocks (see Rounds); the untimed
+    call of a warmed block counts."""
+    block = per_call_s * (calls + warms(per_call_s, rounds))
     return max(1, round(block / (rounds.fair_share * rounds.block_s)))
 
 
-def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None) -> dict:
+def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None,
+               estimates: dict | None = None) -> dict:
     """Time the callables of `fns` (name -> zero-argument callable, each called once before)
     interleaved; returns {name: {"calls": calls per block, "times": {round: s per call}}}.
+    `estimates`: name -> seconds per call known already (see `calibrate`).
 
     Each round runs one block of every callable due in it, in a shuffled order: a slow stretch
     of the host then hits a random strategy, not always the one after another. Round 0 runs
@@ -87,9 +106,10 @@ def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None) -> 
     rng = rng if rng is not None else np.random.default_rng(rounds.seed)
     plan = {}
     for name, fn in fns.items():
-        calls, per_call = calibrate(fn, rounds.block_s, clock)
-        plan[name] = (fn, calls, period(per_call, calls, rounds))
-    out = {name: {"calls": calls, "period": k, "times": {}} for name, (_, calls, k) in plan.items()}
+        calls, per_call = calibrate(fn, rounds.block_s, clock, (estimates or {}).get(name))
+        plan[name] = (fn, calls, period(per_call, calls, rounds), warms(per_call, rounds))
+    out = {name: {"calls": calls, "period": k, "times": {}}
+           for name, (_, calls, k, _) in plan.items()}
     names = list(plan)
     start, r = clock(), 0
     gc.collect()
@@ -100,8 +120,8 @@ def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None) -> 
             due = [n for n in names if r % plan[n][2] == 0]
             for i in rng.permutation(len(due)):
                 name = due[i]
-                fn, calls, _ = plan[name]
-                out[name]["times"][r] = _block(fn, calls, clock) / calls
+                fn, calls, _, warm = plan[name]
+                out[name]["times"][r] = _block(fn, calls, clock, warm) / calls
             r += 1
             elapsed = clock() - start
             if elapsed >= rounds.budget_s and r >= rounds.min_rounds:

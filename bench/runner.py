@@ -91,7 +91,7 @@ PROFILES = {p.name: p for p in [
     # 3 GB: the largest quick case that ends well grows by 2 GB; above that an out-of-memory
     # case is caught sooner.
     # Its isolated timing is short: the paired timing (paired_s per problem) replaces it.
-    Profile("quick", "quick", 15, 3, Timing(max_run_time=0.1, min_run_time=0.01),
+    Profile("quick", "quick", 15, 3, Timing(max_run_time=0.05, min_run_time=0.01),
             trim=_quick_trim, paired_s=1.2,
             about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
@@ -740,6 +740,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
         problem = chosen[0][0].problem
         budget = Rounds(budget_s=profile.paired_s)
         cached = cache_dir(key)
+        estimates = {c.strategy.name: r["median_s"] for c, r in chosen}
 
         def child(send):
             harness.pin_threads(threads, key[2], slots[slot])
@@ -749,7 +750,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             prebuild(problem)
             return side_by_side.time_problem(
                 [c.strategy for c, _ in chosen], problem, key[2], key[3], budget,
-                exclusive=lambda: exclusive(lock, send))
+                exclusive=lambda: exclusive(lock, send), estimates=estimates)
 
         note(f"paired timing of {len(chosen)} strategies: {' '.join(key)}")
         # Every strategy is prepared (and compiled) again before the rounds start.

@@ -8,6 +8,8 @@ the forward of its own framework and mode, timed in the same rounds.
 """
 from __future__ import annotations
 
+import contextlib
+
 from strategies.problem import Problem
 from strategies.registry import Strategy
 
@@ -18,10 +20,11 @@ FORWARD = "forward:"  # name prefix of the forward passes among the timed callab
 
 
 def time_problem(strategies: list[Strategy], problem: Problem, device: str, dtype: str,
-                 rounds: Rounds, exclusive=None) -> dict:
+                 rounds: Rounds, exclusive=None, estimates: dict | None = None) -> dict:
     """{strategy name: paired columns} for the strategies that could be prepared again here;
     a strategy that fails now (it ran ok alone) is left out with its reason under "error",
-    and keeps its own timing.
+    and keeps its own timing. `estimates`: strategy name -> its median timed alone, which
+    sizes its blocks without spending calls on it (bench.paired.calibrate).
 
     Columns: median_s, iqr_s, rounds, runs, ratio_to_fastest, ratio_ci_low, ratio_ci_high,
     tied_with_fastest, fastest, forward_s, forward_kind."""
@@ -43,11 +46,8 @@ def time_problem(strategies: list[Strategy], problem: Problem, device: str, dtyp
             fns[FORWARD + kind] = fn
         except Exception as exc:  # noqa: BLE001 - the rows then have no forward_s
             failed[FORWARD + kind] = one_line(exc)
-    if exclusive is None:
-        timed = run_rounds(fns, rounds)
-    else:
-        with exclusive():
-            timed = run_rounds(fns, rounds)
+    with exclusive() if exclusive else contextlib.nullcontext():
+        timed = run_rounds(fns, rounds, estimates=estimates)
     names = [s.name for s in strategies if s.name in fns]
     # torch.auto runs one of the others: its rivals are the concrete strategies, as in the
     # report (reports.summary), so it is compared with the fastest but never named it.

@@ -29,10 +29,15 @@ TEMPLATES = Path(__file__).parent / "templates"
 SUMMARY_COLUMNS = [
     ("Quantity", "", False), ("Problem", "family[NTK mode]@size", False),
     ("Scale", "the number this problem's size ladder grows along", True),
-    ("Fastest (exact, ok)", "the fastest exact strategy with status ok", False),
-    ("Median", "steady-state median time (hover: IQR and first call)", True),
-    ("Peak memory", "of the fastest strategy", True),
-    ("\u00f7 forward", "median time of the fastest divided by one forward pass", True),
+    ("Fastest (exact, ok)", "the fastest exact strategy with status ok, ranked by the medians "
+                            "timed side by side (paired)", False),
+    ("Tied with it", "exact strategies whose paired ratio to the fastest has a 95% interval "
+                     "covering 1: this run cannot tell them apart", False),
+    ("Median", "steady-state median time (hover: IQR, rounds and first call)", True),
+    ("Peak memory", "of the fastest strategy, steady state (a later call, the first call's "
+                    "compilation left out)", True),
+    ("\u00f7 forward", "median time of the fastest divided by one forward pass of the same "
+                       "framework and mode", True),
     ("vs slowest", "speed-up over the slowest exact ok strategy (named in the tooltip)", True),
     ("Baseline", S.BASELINE_RULE, False),
     ("vs baseline", "speed-up of the fastest over the baseline", True),
@@ -43,8 +48,19 @@ RESULT_COLUMNS = [
     ("Quantity", "", False), ("Problem", "", False), ("Scale", "", True),
     ("Strategy", "", False), ("Exact", "exact, or an approximation (\u2248)", False),
     ("Device", "device and dtype", False), ("Status", "", False),
-    ("Median", "", True), ("IQR", "", True), ("Runs", "", True), ("First call", "", True),
-    ("\u00f7 forward", "median \u00f7 one forward pass", True), ("Peak memory", "", True),
+    ("Median", "", True), ("IQR", "", True), ("Runs", "", True),
+    ("Timing", "paired: timed side by side with the problem's other ok strategies, in shuffled "
+               "rounds on one CPU (the number of rounds); isolated: alone", False),
+    ("\u00d7 fastest", "ratio to the problem's fastest exact strategy, with its 95% interval "
+                       "(bootstrap over the paired rounds); tied when the interval covers 1",
+     True),
+    ("First call", "", True),
+    ("\u00f7 forward", "median \u00f7 one forward pass of the same framework and mode (hover)",
+     True),
+    ("Peak memory", "steady state: a later call's peak, the high-water mark reset after the "
+                    "first call", True),
+    ("First-call peak", "the first call's peak memory, compilation and lazy start-up included",
+     True),
     ("Max error", "max |x\u2212y| / max(1, |x|+|y|) against the reference", True),
     ("Reference", "float64: the dense float64 reference; consensus: the median of the exact "
                   "strategies' results (a user model whose float64 reference would not fit in "
@@ -93,13 +109,17 @@ def summary_rows(table: pd.DataFrame) -> list[dict]:
         cells = [_cell(r.quantity), _cell(_breakable(r.problem), cls="prob", title=r.setting),
                  _cell(S._fmt_int(r.scale), _f(r.scale))]
         if has:
+            timed = (f"timed side by side, {S._fmt_int(r.best_rounds)} rounds"
+                     if r.best_timing == "paired" else "timed alone")
             cells += [
                 _cell(r.best, cls="best",
                       title=f"runner-up: {r.runner_up}, {S.fmt_ratio(_f(r.runner_up_ratio))} "
                             f"slower" if isinstance(r.runner_up, str) else "the only one"),
-                _cell(S.fmt_time(_f(r.best_s)), _f(r.best_s),
-                      title=f"IQR {S.fmt_time(_f(r.best_iqr_s))}; first call "
-                            f"{S.fmt_time(_f(r.best_first_call_s))}"),
+                _cell(r.tied or "", cls="wrap", title="tied: no difference the paired "
+                                                      "intervals can tell" if r.tied else ""),
+                _cell(S.fmt_timing(_f(r.best_s), r.best_runs), _f(r.best_s),
+                      title=f"IQR {S.fmt_spread(_f(r.best_iqr_s), r.best_runs)}; {timed}; "
+                            f"first call {S.fmt_time(_f(r.best_first_call_s))}"),
                 _cell(S.fmt_bytes(_f(r.best_mem)), _f(r.best_mem)),
                 _cell(S.fmt_ratio(_f(r.best_rel_forward)), _f(r.best_rel_forward)),
                 _cell(S.fmt_ratio(_f(r.speedup_slowest)), _f(r.speedup_slowest),
@@ -108,7 +128,7 @@ def summary_rows(table: pd.DataFrame) -> list[dict]:
         else:
             cells += [_cell("none agreed", "", "fail",
                             "no exact strategy finished with status ok on this problem")]
-            cells += [_cell("\u2013", "") for _ in range(4)]
+            cells += [_cell("\u2013", "") for _ in range(5)]
         base_title = S.BASELINE_RULE
         if isinstance(r.baseline, str):
             base_title = f"{r.baseline}: {r.baseline_status}, {S.fmt_time(_f(r.baseline_s))}"
@@ -125,7 +145,8 @@ def summary_rows(table: pd.DataFrame) -> list[dict]:
                                "fail", base_title))
         else:
             cells.append(_cell("\u2013", ""))
-        text = f"{r.ok} of {r.strategies} ok" + (f"; {r.not_ok}" if r.not_ok else "")
+        text = f"{r.ok} of {r.strategies} ok" + (f"; {r.not_ok}" if r.not_ok else "") \
+            + (f"; {r.not_run} not run" if r.not_run else "")
         cells.append(_cell(text, r.ok, "wrap" + (" fail" if r.not_ok else "")))
         rows.append({"cls": "" if has else "row-failed", "cells": cells})
     return rows
@@ -140,12 +161,16 @@ def result_rows(df: pd.DataFrame) -> list[dict]:
             _cell(S._fmt_int(r.scale), _f(r.scale)),
             _cell(r.strategy), _cell("exact" if r.exact else "\u2248 approx"),
             _cell(r.setting), _status_cell(r.status, r.message),
-            _cell(S.fmt_time(_f(r.median_s)), _f(r.median_s)),
-            _cell(S.fmt_time(_f(r.iqr_s)), _f(r.iqr_s)),
+            _cell(S.fmt_timing(_f(r.median_s), r.runs), _f(r.median_s)),
+            _cell(S.fmt_spread(_f(r.iqr_s), r.runs) if ok else "", _f(r.iqr_s)),
             _cell("" if r.runs != r.runs else f"{int(r.runs)}", _f(r.runs)),
+            _timing_cell(r),
+            _ratio_cell(r),
             _cell(S.fmt_time(_f(r.first_call_s)), _f(r.first_call_s)),
-            _cell(S.fmt_ratio(_f(r.rel_forward)), _f(r.rel_forward)),
+            _cell(S.fmt_ratio(_f(r.rel_forward)), _f(r.rel_forward),
+                  title=f"forward: {r.forward_kind}" if isinstance(r.forward_kind, str) else ""),
             _cell(S.fmt_bytes(_f(r.peak_mem_bytes)), _f(r.peak_mem_bytes)),
+            _cell(S.fmt_bytes(_f(r.first_peak_mem_bytes)), _f(r.first_peak_mem_bytes)),
             _cell(S.fmt_error(_f(r.max_error)), _f(r.max_error),
                   "disagrees" if r.status == "disagrees" else ""),
             _cell(r.reference),
@@ -154,6 +179,25 @@ def result_rows(df: pd.DataFrame) -> list[dict]:
         rows.append({"cls": "" if ok else f"row-{'failed' if r.status in S.FAILED else r.status}",
                      "cells": cells})
     return rows
+
+
+def _timing_cell(r) -> dict:
+    if r.timing == "paired":
+        return _cell(f"paired, {S._fmt_int(r.rounds)} rounds", _f(r.rounds))
+    return _cell(r.timing if isinstance(r.timing, str) else "", "")
+
+
+def _ratio_cell(r) -> dict:
+    ratio, low, high = _f(r.ratio_to_fastest), _f(r.ratio_ci_low), _f(r.ratio_ci_high)
+    if not math.isfinite(ratio):
+        return _cell("", "")
+    text = S.fmt_ratio(ratio)
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{S.fmt_ratio(low)}\u2013{S.fmt_ratio(high)}]"
+    if r.tied_with_fastest and ratio != 1:
+        text += " tied"
+    return _cell(text, ratio, title=f"fastest: {r.fastest}" if isinstance(r.fastest, str)
+                 else "")
 
 
 def not_applicable_rows(df: pd.DataFrame) -> list[dict]:

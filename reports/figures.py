@@ -246,8 +246,10 @@ def line_figure(q: pd.DataFrame, metric: str, ylabel: str, top_k: int = TOP_K):
 
 def ranking_figure(q: pd.DataFrame):
     """At the largest size of each family: every strategy's median time ÷ one forward pass
-    (left) and its first call against its steady-state median (right). Failed strategies are
-    listed with their status in grey; a wrong result is drawn as a red cross."""
+    of its own framework and mode (left) and its first call against its steady-state median
+    (right). Failed strategies are listed with their status in grey; a wrong result is drawn
+    as a red cross; a strategy of the family that has no row at this size (the quick
+    profile trims JAX at larger sizes) is listed as "not run"."""
     q = q[q["status"] != "not_applicable"]
     if q.empty:
         return None
@@ -258,6 +260,10 @@ def ranking_figure(q: pd.DataFrame):
         top = prow[prow["scale"] == prow["scale"].max()]
         for problem in sorted(top["problem"].unique()):  # several problems may share a scale
             at = top[top["problem"] == problem].copy()
+            absent = prow.drop_duplicates("strategy")
+            absent = absent[~absent["strategy"].isin(at["strategy"])]
+            at = pd.concat([at, absent.assign(status="not run", median_s=np.nan,
+                                              first_call_s=np.nan)], ignore_index=True)
             at["_ok"] = at["status"].isin(("ok", "disagrees")) & at["median_s"].notna()
             at = at.sort_values(["_ok", "median_s", "strategy"], ascending=[False, True, True])
             blocks.append((problem, at))

@@ -33,7 +33,8 @@ BASELINE_RULE = ("The naive baseline of a problem is the strategy whose name con
                  "shortest name).")
 
 NUMERIC = ("scale", "params", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
-           "peak_mem_bytes", "max_error", "tolerance", "threads")
+           "peak_mem_bytes", "max_error", "tolerance", "threads", "rounds", "ratio_to_fastest",
+           "ratio_ci_low", "ratio_ci_high", "isolated_median_s", "first_peak_mem_bytes")
 ENV_COLUMNS = tuple(c for c in store.ENV_COLUMNS if c != "timestamp")
 
 
@@ -45,6 +46,16 @@ def fmt_time(s) -> str:
         if s >= f or unit == "ns":
             return f"{s / f:.3g} {unit}"
     return f"{s:.3g} s"
+
+
+def fmt_spread(iqr, runs) -> str:
+    """An IQR cell: a timing of one call has no spread to show (not an IQR of 0)."""
+    return "one call" if _num(runs) == 1 else fmt_time(iqr)
+
+
+def fmt_timing(median, runs) -> str:
+    """A median cell; a timing of one call says so."""
+    return fmt_time(median) + (" (one call)" if _num(runs) == 1 else "")
 
 
 def fmt_bytes(b) -> str:
@@ -130,6 +141,11 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     df["rel_forward"] = np.where(ok & (df["forward_s"] > 0), df["median_s"] / df["forward_s"],
                                  np.nan)
     df["status"] = df["status"].fillna("error")
+    tied = df["tied_with_fastest"] if "tied_with_fastest" in df else pd.Series(None, df.index)
+    df["tied_with_fastest"] = tied.map(lambda v: v is True or v == 1)
+    for col in ("timing", "forward_kind", "fastest"):
+        if col not in df:
+            df[col] = None
     return df.reset_index(drop=True)
 
 
@@ -165,10 +181,17 @@ GROUP = ["quantity", "setting", "family", "mode", "scale", "size", "problem"]
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (quantity, device and dtype, problem at a size): the fastest exact strategy
     with status ok, its time and memory, and its speed-ups over the slowest exact ok strategy
-    and over the naive baseline."""
+    and over the naive baseline. `tied`: the other exact strategies whose paired ratio to it
+    has an interval covering 1 (no difference this run can tell); `not_run`: frameworks of
+    the quantity with no row at this size (the quick profile trims JAX at larger sizes)."""
     out = []
+    ran = df[df["status"] != "not_applicable"]
+    frameworks = ran.groupby(["quantity", "setting"])["framework"].agg(set).to_dict()
     for key, rows in df.groupby(GROUP, sort=True, dropna=False):
         rec = dict(zip(GROUP, key))
+        here = set(rows.loc[rows["status"] != "not_applicable", "framework"])
+        missing = frameworks.get((rec["quantity"], rec["setting"]), set()) - here
+        rec["not_run"] = ", ".join(sorted(missing, key=framework_key))
         good = _ok_exact(rows).sort_values(["median_s", "strategy"])
         base = baseline_name(rows["strategy"])
         base_rows = rows[rows["strategy"] == base]
@@ -182,7 +205,10 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         if len(good):
             best, worst = good.iloc[0], good.iloc[-1]
             runner = good.iloc[1] if len(good) > 1 else None
+            tied = good[good["tied_with_fastest"] & (good["strategy"] != best["strategy"])]
             rec.update(best=best["strategy"], best_framework=best["framework"],
+                       tied=", ".join(tied["strategy"]), best_runs=best["runs"],
+                       best_timing=best["timing"], best_rounds=best["rounds"],
                        best_s=best["median_s"], best_iqr_s=best["iqr_s"],
                        best_mem=best["peak_mem_bytes"], best_rel_forward=best["rel_forward"],
                        best_first_call_s=best["first_call_s"],
@@ -194,8 +220,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             if rec["baseline_status"] == "ok" and base_rows["exact"].iloc[0]:
                 rec["speedup_baseline"] = rec["baseline_s"] / best["median_s"]
         out.append(rec)
-    cols = GROUP + ["strategies", "ok", "not_ok", "failed", "disagrees", "best",
-                    "best_framework", "best_s", "best_iqr_s", "best_mem", "best_rel_forward",
+    cols = GROUP + ["strategies", "ok", "not_ok", "failed", "disagrees", "not_run", "best",
+                    "best_framework", "tied", "best_runs", "best_timing", "best_rounds", "best_s", "best_iqr_s", "best_mem", "best_rel_forward",
                     "best_first_call_s", "slowest", "slowest_s", "speedup_slowest", "runner_up",
                     "runner_up_ratio", "baseline", "baseline_status", "baseline_s",
                     "speedup_baseline"]
@@ -209,12 +235,23 @@ def recommendations(summary: pd.DataFrame) -> list[dict]:
 
     The recommended strategy is the one that is fastest on the most problem sizes (ties: the
     one that wins at the larger scale). The sentence quotes its margin at the largest problem
-    it wins, and names the other winners and where they win.
+    it wins, its first call (compilation included) beside its steady state, the strategies
+    statistically tied with it there, and names the other winners and where they win.
+    No framework is credited with a win where another did not run: when some sizes lack a
+    framework (the quick profile trims JAX), only the sizes where all ran are counted.
     """
     recs = []
     settings = summary["setting"].nunique() > 1
     for (q, setting), rows in summary.groupby(["quantity", "setting"], sort=True):
         head = f"For {q}" + (f" ({setting})" if settings else "")
+        complete = rows[rows["not_run"].fillna("") == ""]
+        trimmed = ""
+        if 0 < len(complete) < len(rows):
+            missing = sorted({f for t in rows["not_run"].dropna() for f in t.split(", ") if f})
+            trimmed = (f" Counted on the {len(complete)} sizes where every framework ran; at "
+                       f"{len(rows) - len(complete)} more, {', '.join(missing)} did not run "
+                       f"(not run: no verdict across frameworks there).")
+            rows = complete
         won = rows[rows["best"].notna()]
         if won.empty:
             recs.append({"quantity": q, "setting": setting, "strategy": None,
@@ -228,8 +265,14 @@ def recommendations(summary: pd.DataFrame) -> list[dict]:
         at = mine.iloc[-1]
         parts = [f"{head}, use {top}: the fastest exact strategy that agrees with the "
                  f"reference on {int(wins['n'].iloc[0])} of {len(rows)} problem sizes."]
-        detail = f"At {at['problem']} it takes {fmt_time(at['best_s'])}"
+        detail = f"At {at['problem']} it takes {fmt_timing(at['best_s'], at.get('best_runs'))}"
+        if np.isfinite(_num(at.get("best_first_call_s"))):
+            detail += (f" per call (the first call, compilation included: "
+                       f"{fmt_time(at['best_first_call_s'])})")
         margins = []
+        if isinstance(at.get("tied"), str) and at["tied"]:
+            margins.append(f"tied with {at['tied']} (their paired intervals cover no "
+                           f"difference)")
         if np.isfinite(_num(at.get("speedup_baseline"))) and at["baseline"] != top:
             margins.append(f"{fmt_ratio(at['speedup_baseline'])} faster than the baseline "
                            f"{at['baseline']}")
@@ -239,7 +282,8 @@ def recommendations(summary: pd.DataFrame) -> list[dict]:
         if at["slowest"] not in (None, top, at["baseline"], at["runner_up"]):
             margins.append(f"{fmt_ratio(at['speedup_slowest'])} faster than the slowest, "
                            f"{at['slowest']}")
-        if isinstance(at["runner_up"], str):
+        if isinstance(at["runner_up"], str) \
+                and at["runner_up"] not in str(at.get("tied") or "").split(", "):
             margins.append(f"the runner-up {at['runner_up']} is {fmt_ratio(at['runner_up_ratio'])}"
                            f" slower")
         parts.append(detail + (": " + "; ".join(margins) if margins else "") + ".")
@@ -253,7 +297,8 @@ def recommendations(summary: pd.DataFrame) -> list[dict]:
         if lost:
             parts.append(f"On {lost} problem size{'s' if lost > 1 else ''} no exact strategy "
                          f"agreed.")
-        recs.append({"quantity": q, "setting": setting, "strategy": top, "text": " ".join(parts)})
+        recs.append({"quantity": q, "setting": setting, "strategy": top,
+                     "text": " ".join(parts) + trimmed})
     return recs
 
 

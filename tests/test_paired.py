@@ -130,5 +130,35 @@ def test_min_rounds_are_run_past_a_tiny_budget():
 def test_period_gives_a_slow_callable_its_fair_share():
     r = Rounds(block_s=0.003, fair_share=3.0)
     assert period(1e-5, 300, r) == 1
-    assert period(0.009, 1, r) == 1
-    assert period(0.09, 1, r) == 10
+    assert period(0.004, 1, r) == 1  # 8 ms with its untimed warm-up call
+    assert period(0.009, 1, r) == 2
+    assert period(0.09, 1, r) == 10  # no warm-up call: too long to need one
+
+
+def test_a_known_slow_callable_spends_no_call_on_calibration():
+    host = VirtualHost()
+    before = host.now
+    assert calibrate(host.callable(0.05), 0.002, host.clock, estimate_s=0.05) == (1, 0.05)
+    assert host.now == before
+    calls, _ = calibrate(host.callable(1e-5), 0.002, host.clock, estimate_s=1e-5)
+    assert calls > 100 and host.now > before  # a fast one is still timed: estimates are rough
+
+
+def test_a_cold_first_call_per_block_is_not_timed():
+    # Each callable's first call after another one ran costs 0.5 ms more (cold caches): the
+    # time per call must not depend on how many calls a block holds.
+    host = VirtualHost()
+    last = [None]
+
+    def callable_(name, cost_s):
+        def run():
+            cold = 5e-4 if last[0] != name else 0.0
+            last[0] = name
+            host.now += cost_s + cold
+        return run
+    out = run_rounds({"a": callable_("a", 7.5e-4), "b": callable_("b", 1.5e-3)},
+                     Rounds(budget_s=0.5), clock=host.clock)
+    assert out["a"]["calls"] != out["b"]["calls"]
+    stats = summarize(out, ["a", "b"])
+    assert stats["a"]["median_s"] == pytest.approx(7.5e-4)
+    assert stats["b"]["ratio_to_fastest"] == pytest.approx(2.0)
