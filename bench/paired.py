@@ -35,6 +35,9 @@ class Rounds:
     one 100 ms strategy would leave the others a handful of rounds.
     `min_rounds`: the fast callables get at least this many rounds even past the budget (the
     child's time limit still bounds them).
+    `min_samples`: a slow callable runs often enough to get about this many rounds within the
+    budget, when the budget allows (`periods`): a ratio from two or three calls of a 100 ms
+    strategy moved by 20-50% between sweeps.
     `warm_below_s`: a block of a callable faster than this starts with one untimed call. The
     first call after the other strategies ran pays for cold caches: in a quick sweep a 0.75 ms
     NTK cost 1.27 ms per call in blocks of one call and 0.75 ms in blocks of three, so the
@@ -45,6 +48,7 @@ class Rounds:
     block_s: float = 0.002
     fair_share: float = 3.0
     min_rounds: int = 5
+    min_samples: int = 5
     warm_below_s: float = 0.02
     resamples: int = 2000
     seed: int = 0
@@ -84,12 +88,23 @@ def warms(per_call_s: float, rounds: Rounds) -> bool:
     return per_call_s < rounds.warm_below_s
 
 
-def period(per_call_s: float, calls: int, rounds: Rounds) -> int:
-    """Run a callable every `period` rounds: 1 for a block of about `block_s`, more for a
-    callable whose single call is longer than `fair_share` blocks (see Rounds); the untimed
-    call of a warmed block counts."""
-    block = per_call_s * (calls + warms(per_call_s, rounds))
-    return max(1, round(block / (rounds.fair_share * rounds.block_s)))
+def periods(blocks: dict, rounds: Rounds) -> dict:
+    """name -> period, from name -> seconds of one block (warm-up call included): the fair
+    share (`period`), shortened where the rounds the budget affords would give a callable
+    fewer than `min_samples` rounds. Shortening a period makes rounds longer, so the number of
+    rounds is estimated again, a few times."""
+    out = {n: max(1, round(b / (rounds.fair_share * rounds.block_s))) for n, b in blocks.items()}
+    for _ in range(4):
+        per_round = sum(b / out[n] for n, b in blocks.items())
+        expected = rounds.budget_s / per_round if per_round > 0 else float("inf")
+        changed = False
+        for n in out:
+            if expected / out[n] < rounds.min_samples and out[n] > 1:
+                out[n] = max(1, int(expected // rounds.min_samples))
+                changed = True
+        if not changed:
+            break
+    return out
 
 
 def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None,
@@ -104,10 +119,14 @@ def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None,
     run (as in timeit), so a collection is not charged to whichever block triggered it.
     """
     rng = rng if rng is not None else np.random.default_rng(rounds.seed)
-    plan = {}
+    plan, blocks = {}, {}
     for name, fn in fns.items():
         calls, per_call = calibrate(fn, rounds.block_s, clock, (estimates or {}).get(name))
-        plan[name] = (fn, calls, period(per_call, calls, rounds), warms(per_call, rounds))
+        warm = warms(per_call, rounds)
+        blocks[name] = per_call * (calls + warm)
+        plan[name] = (fn, calls, 1, warm)
+    share = periods(blocks, rounds)
+    plan = {n: (fn, calls, share[n], warm) for n, (fn, calls, _, warm) in plan.items()}
     out = {name: {"calls": calls, "period": k, "times": {}}
            for name, (_, calls, k, _) in plan.items()}
     names = list(plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.paired import Rounds, calibrate, is_tied, period, ratio_ci, run_rounds, spread, \
+from bench.paired import Rounds, calibrate, is_tied, periods, ratio_ci, run_rounds, spread, \
     summarize
 
 
@@ -127,21 +127,18 @@ def test_min_rounds_are_run_past_a_tiny_budget():
     assert len(out["a"]["times"]) == len(out["b"]["times"]) == 4
 
 
-def test_period_gives_a_slow_callable_its_fair_share():
-    r = Rounds(block_s=0.003, fair_share=3.0)
-    assert period(1e-5, 300, r) == 1
-    assert period(0.004, 1, r) == 1  # 8 ms with its untimed warm-up call
-    assert period(0.009, 1, r) == 2
-    assert period(0.09, 1, r) == 10  # no warm-up call: too long to need one
-
-
-def test_a_known_slow_callable_spends_no_call_on_calibration():
-    host = VirtualHost()
-    before = host.now
-    assert calibrate(host.callable(0.05), 0.002, host.clock, estimate_s=0.05) == (1, 0.05)
-    assert host.now == before
-    calls, _ = calibrate(host.callable(1e-5), 0.002, host.clock, estimate_s=1e-5)
-    assert calls > 100 and host.now > before  # a fast one is still timed: estimates are rough
+def test_periods_give_a_slow_callable_its_fair_share_and_enough_samples():
+    r = Rounds(budget_s=10.0, block_s=0.003, fair_share=3.0, min_samples=5)
+    # Plenty of budget: the fair share alone (a block of 9 ms or less every round).
+    got = periods({"fast": 0.003, "mid": 0.018, "slow": 0.09}, r)
+    assert got == {"fast": 1, "mid": 2, "slow": 10}
+    # A short budget: ~1 s / (3 + 9 + 9 ms) ~ 48 rounds; slow would get 4.8 rounds, so it
+    # runs more often, and every callable still gets at least min_samples rounds.
+    tight = Rounds(budget_s=1.0, block_s=0.003, fair_share=3.0, min_samples=5)
+    got = periods({"fast": 0.003, "mid": 0.018, "slow": 0.09}, tight)
+    assert got["fast"] == 1 and got["slow"] < 10
+    per_round = 0.003 + 0.018 / got["mid"] + 0.09 / got["slow"]
+    assert 1.0 / per_round / got["slow"] >= 5 - 1e-9
 
 
 def test_a_cold_first_call_per_block_is_not_timed():
