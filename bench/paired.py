@@ -33,8 +33,8 @@ class Rounds:
     `fair_share`: a callable whose one call is longer than `fair_share` blocks runs only every
     k-th round, so that it costs about `fair_share` blocks per round on average; without this
     one 100 ms strategy would leave the others a handful of rounds.
-    `min_rounds`: the fast callables get at least this many rounds even past the budget (the
-    child's time limit still bounds them).
+    `min_rounds`: the fast callables get at least this many rounds even past the budget, but
+    never past `overrun` times the budget (a problem of several 0.5 s strategies).
     `min_samples`: a slow callable runs often enough to get about this many rounds within the
     budget, when the budget allows (`periods`): a ratio from two or three calls of a 100 ms
     strategy moved by 20-50% between sweeps.
@@ -49,6 +49,7 @@ class Rounds:
     fair_share: float = 3.0
     min_rounds: int = 5
     min_samples: int = 5
+    overrun: float = 3.0
     warm_below_s: float = 0.02
     resamples: int = 2000
     seed: int = 0
@@ -143,7 +144,8 @@ def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None,
                 out[name]["times"][r] = _block(fn, calls, clock, warm) / calls
             r += 1
             elapsed = clock() - start
-            if elapsed >= rounds.budget_s and r >= rounds.min_rounds:
+            if elapsed >= rounds.budget_s and (r >= rounds.min_rounds
+                                               or elapsed >= rounds.overrun * rounds.budget_s):
                 break
     finally:
         if was_enabled:

@@ -92,7 +92,7 @@ PROFILES = {p.name: p for p in [
     # case is caught sooner.
     # Its isolated timing is short: the paired timing (paired_s per problem) replaces it.
     Profile("quick", "quick", 15, 3, Timing(max_run_time=0.05, min_run_time=0.01),
-            trim=_quick_trim, paired_s=1.2,
+            trim=_quick_trim, paired_s=1.0,
             about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
             paired_s=10.0, about="the seeds' own sizes and beyond, careful timing"),

@@ -123,7 +123,7 @@ def test_rounds_interleave_within_the_budget_and_slow_callables_run_less_often()
 def test_min_rounds_are_run_past_a_tiny_budget():
     host = VirtualHost()
     out = run_rounds({"a": host.callable(1e-3), "b": host.callable(2e-3)},
-                     Rounds(budget_s=0.0, min_rounds=4), clock=host.clock)
+                     Rounds(budget_s=1e-3, min_rounds=4, overrun=100), clock=host.clock)
     assert len(out["a"]["times"]) == len(out["b"]["times"]) == 4
 
 
@@ -159,3 +159,11 @@ def test_a_cold_first_call_per_block_is_not_timed():
     stats = summarize(out, ["a", "b"])
     assert stats["a"]["median_s"] == pytest.approx(7.5e-4)
     assert stats["b"]["ratio_to_fastest"] == pytest.approx(2.0)
+
+
+def test_min_rounds_never_run_past_the_overrun():
+    host = VirtualHost()
+    out = run_rounds({"a": host.callable(0.5), "b": host.callable(0.6)},
+                     Rounds(budget_s=1.0, min_rounds=5, overrun=3.0), clock=host.clock,
+                     estimates={"a": 0.5, "b": 0.6})
+    assert len(out["a"]["times"]) < 5 and host.now < 3.0 + 2 * 1.8 * 0.6
