@@ -33,8 +33,9 @@ BASELINE_RULE = ("The naive baseline of a problem is the strategy whose name con
                  "shortest name).")
 
 NUMERIC = ("scale", "params", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
-           "peak_mem_bytes", "max_error", "tolerance", "threads", "rounds", "ratio_to_fastest",
-           "ratio_ci_low", "ratio_ci_high", "isolated_median_s", "first_peak_mem_bytes")
+           "peak_mem_bytes", "max_error", "tolerance", "noise_floor", "threads", "rounds",
+           "ratio_to_fastest", "ratio_ci_low", "ratio_ci_high", "isolated_median_s",
+           "first_peak_mem_bytes")
 ENV_COLUMNS = tuple(c for c in store.ENV_COLUMNS if c != "timestamp")
 
 
@@ -337,7 +338,9 @@ def _agreement_cell(r) -> dict:
     if r is None:
         return {"text": "", "cls": "none", "sort": "", "title": "not in this run"}
     st, err = r["status"], r["max_error"]
-    title = f"{st}: max error {fmt_error(err)} (tolerance {fmt_error(r['tolerance'])})"
+    title = f"{st}: max error {fmt_error(err)} (tolerance {fmt_error(r['tolerance'])}"
+    noise = r.get("noise_floor")
+    title += f", float32 noise floor {fmt_error(noise)})" if noise == noise and noise else ")"
     if r["message"]:
         title += f"; {r['message']}"
     if st == "ok":
