@@ -87,8 +87,11 @@ def _shape_error(exc, X, in_shape) -> UserModelError:
 
 def _output_checks(y, B: int, outputs: int | None, is_array) -> int:
     if not is_array(y):
-        raise UserModelError(f"the model returns a {type(y).__name__}, not one tensor: wrap it "
-                             "so that forward returns a single tensor (e.g. the logits)")
+        keys = f" with keys {', '.join(map(repr, y))}" if isinstance(y, dict) else \
+            f" of {len(y)}" if isinstance(y, (tuple, list)) else ""
+        raise UserModelError(f"the model returns a {type(y).__name__}{keys}, not one tensor: "
+                             "pick one with output=KEY or INDEX (jacbench), or wrap it so "
+                             "that forward returns a single tensor (e.g. the logits)")
     if len(y.shape) == 0 or y.shape[0] != B:
         raise UserModelError(f"the model's output has shape {tuple(y.shape)} for a batch of "
                              f"{B}: its first dimension must be the batch")
@@ -148,6 +151,8 @@ def _inspect_torch(model, X: np.ndarray, dtype: str, outputs, inputs_text) -> Fa
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         y = model(Xt)
+    except UserModelError:  # jacbench.models: output= names no output of the model
+        raise
     except Exception as exc:
         raise _shape_error(exc, X, X.shape[1:]) from None
     finally:
@@ -202,6 +207,8 @@ def _inspect_jax(pair, X: np.ndarray, dtype: str, outputs, inputs_text) -> Facts
         Xj = jnp.asarray(X, dtype=dtype)
         try:
             y = fn(params, Xj)
+        except UserModelError:
+            raise
         except Exception as exc:
             raise _shape_error(exc, X, X.shape[1:]) from None
         m = _output_checks(y, X.shape[0], outputs, lambda t: isinstance(t, jax.Array))
@@ -339,7 +346,9 @@ def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> l
              for p in sorted(problems, key=lambda p: (order[p.quantity], p.mode or "",
                                                       p.size_param))
              for s in strategies.strategies(quantity=p.quantity)
-             if (not names or s.name in names) and (not fws or s.framework in fws)]
+             # compiled twins only when named: each compiles for seconds to minutes
+             if (s.name in names if names else "compiled" not in s.tags)
+             and (not fws or s.framework in fws)]
     if not cases:
         raise BadInput("no registered strategy matches: quantity "
                        f"{','.join(sorted({p.quantity for p in problems}))}, strategy "

@@ -1,7 +1,15 @@
-"""jacbench as a library: benchmark your own model from Python.
+"""jacbench as a library: compute a quantity on your own model, or benchmark every way to.
 
     import jacbench
+    K = jacbench.ntk(model, x, mode="trace")            # tensors in, tensors out
+    f = jacbench.prepare("ntk", model, x, mode="trace")  # the prepared callable: K = f()
     df = jacbench.compare(model, x, quantities=["ntk", "param_jacobian"], report="out.html")
+    jacbench.best(df, "ntk")(model, x)                   # the winner, called on the model
+
+The functions (jacobian, batch_jacobian, param_jacobian, jac_diag, hessian, batch_hessian,
+hessian_diag, hvp, jvp, vjp, ggn_vp, cross_jacobian, ntk) are in jacbench.functions,
+`prepare` in jacbench.compute, `best` in jacbench.best, models of several inputs or outputs
+in jacbench.models.
 
 `compare` runs every applicable registered strategy on your model through the suite's own
 runner, harness and results store (bench.runner.sweep), checks each result against the
@@ -11,21 +19,21 @@ strategies) and returns the rows as a pandas DataFrame, one per case.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["UserModelError", "compare"]
-
 from strategies.user_model import UserModelError  # noqa: E402  (re-exported)
 
+from .best import Pick, best
+from .compute import Prepared, compute, prepare
+from .functions import (batch_hessian, batch_jacobian, cross_jacobian, ggn_vp, hessian,
+                        hessian_diag, hvp, jac_diag, jacobian, jvp, ntk, param_jacobian, vjp)
 
-def _numpy(x):
-    import numpy as np
-
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-    return np.asarray(x, dtype=np.float64)
+__all__ = ["Pick", "Prepared", "UserModelError", "batch_hessian", "batch_jacobian", "best",
+           "compare", "compute", "cross_jacobian", "ggn_vp", "hessian", "hessian_diag", "hvp",
+           "jac_diag", "jacobian", "jvp", "ntk", "param_jacobian", "prepare", "vjp"]
 
 
 def _may_fork(framework: str) -> bool:
@@ -42,18 +50,23 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
             report=None, results=None, x2=None, name: str | None = None,
             profile: str = "quick", timeout_s: float | None = None,
             mem_cap_gb: float | None = None, threads: int = 1, isolate: bool | None = None,
-            verbose: bool = False):
+            verbose: bool = False, output=None):
     """Benchmark and check every applicable strategy on `model` at the batch `x`.
 
     model: a torch.nn.Module (run as given: its weights and buffers, in eval mode, on a copy),
         or a pair (fn, params) with fn(params, X) -> Y a pure JAX function.
-    x: the batch, shape (B, *one sample's shape): a tensor or array. Quantities of one input
-        vector (jacobian, hessian, jvp, ...) use x[0] flattened; the NTK is K(x, x2 or x).
+    x: the batch, shape (B, *one sample's shape): a tensor or array; for a model of several
+        inputs, forward(x, z), a tuple of batches (x, z), differentiated as one flat vector per
+        sample (jacbench.models). Quantities of one input vector (jacobian, hessian, jvp, ...)
+        use x[0] flattened; the NTK is K(x, x2 or x).
+    x2: the NTK's second batch; its samples must have the shape of x's.
+    output: for a model that returns a dict or a tuple, the key or index of the output.
     quantities, strategies, frameworks, modes: names (lists or comma-separated), as the
         command line's --quantity, --strategy, --framework, --mode; None means every one.
     device, dtype: "cpu" or "cuda"; "float32" or "float64".
     report: a path; when given, the HTML report of these results is written there.
-    results: the JSON Lines file the rows are appended to (default: a temporary folder).
+    results: the JSON Lines file the rows are appended to (default: a temporary folder,
+        removed before returning).
     profile, timeout_s, mem_cap_gb, threads: timing profile and per-case limits, as for
         `python -m bench run`.
     isolate: run each case in a forked child (time limit, memory cap, crash containment), or
@@ -73,11 +86,14 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     check_device(device)
     if dtype not in ("float32", "float64"):
         raise BadInput(f"dtype {dtype!r}: use 'float32' or 'float64'")
+    from . import models
+
+    model, X, shapes = models.inputs(model, x, output)
+    if any(len(s) == 0 for s in shapes):
+        raise UserModelError(f"x has shape {X.shape}: give a batch, shape "
+                             "(B, *sample shape); for one sample use x[None]")
+    second = None if x2 is None else models.check_second(x2, shapes)
     framework, obj = kind_of(model, "jacbench.compare(model=...)")
-    X = _numpy(x)
-    if X.ndim < 2:
-        raise UserModelError(f"x has shape {X.shape}: give a batch, shape (B, *sample shape); "
-                             "for one sample use x[None]")
     qs, names, fws, ms = check_names(quantities, strategies, frameworks, modes)
     if isolate is None:
         isolate = _may_fork(framework)
@@ -87,25 +103,25 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
                        "(python -m bench run --model ... --threads N)")
     B = X.shape[0]
     facts = inspect_model(obj, X, dtype, None, f"the batch x of shape {X.shape}")
-    spec = UserModel(name or (type(obj).__name__ if framework == "torch"
-                              else getattr(obj[0], "__name__", "jax_function")),
+    spec = UserModel(name or models.name(obj),
                      framework, tuple(X.shape[1:]), facts.out_dim, facts.param_count, obj=obj,
                      digest=facts.digest, act_per_sample=facts.act_per_sample)
-    probs = problems_for(spec, {B: X}, {B: facts}, qs, ms,
-                         second=None if x2 is None else _numpy(x2))
+    probs = problems_for(spec, {B: X}, {B: facts}, qs, ms, second=second)
     cases = cases_for(probs, names, fws, device, dtype)
 
-    results = Path(results) if results else \
-        Path(tempfile.mkdtemp(prefix="jacbench-")) / "results.jsonl"
+    scratch = None if results else Path(tempfile.mkdtemp(prefix="jacbench-"))
+    results = Path(results) if results else scratch / "results.jsonl"
     quiet = open(os.devnull, "w") if not verbose else sys.stderr
     try:
         summary = sweep(cases, results, profile=profile, timeout_s=timeout_s,
                         mem_cap_gb=mem_cap_gb, threads=threads, isolate=isolate,
                         progress=Progress(len(cases), stream=quiet, tty=False))
+        df = store.load(results)
     finally:
         if quiet is not sys.stderr:
             quiet.close()
-    df = store.load(results)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     df = df[df["run_id"] == summary.run_id].reset_index(drop=True)
     if report:
         from reports.build import build_report
