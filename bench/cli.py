@@ -175,6 +175,9 @@ def _cmd_run(args) -> int:
     if need > cpus:
         raise BadInput(f"--threads {args.threads or 1} x --jobs {args.jobs or 1} needs {need} "
                        f"CPUs; this process may use {cpus}")
+    from .store import check
+
+    check(args.results, must_exist=False)  # never append rows to a file that is not ours
     if args.model:
         cases = _model_cases(args)
     else:
@@ -230,9 +233,9 @@ def _model_verdict(cases, summary) -> int:
 
 
 def _cmd_report(args) -> int:
-    if not args.results.is_file():
-        raise _Usage(f"jacbench report: results file {str(args.results)!r} does not exist; "
-                     "make one with `python -m bench run`")
+    from .store import check
+
+    check(args.results)
     try:
         from reports.build import build_report
     except ImportError as exc:
@@ -250,9 +253,9 @@ def _cmd_calibrate(args) -> int:
 
     from .calibrate import calibrate
 
-    if not args.results.is_file():
-        raise _Usage(f"jacbench calibrate: results file {str(args.results)!r} does not exist; "
-                     "make one with `python -m bench run --device cpu`")
+    from .store import check as check_results
+
+    check_results(args.results)
     try:
         _, lines = calibrate(args.results, None if args.dry_run else args.out or CALIBRATION)
     except ValueError as exc:
@@ -275,10 +278,10 @@ def _cmd_compare(args) -> int:
 
     from .store import load
 
+    from .store import check
+
     for path in (args.before, args.after):
-        if not path.is_file():
-            raise _Usage(f"jacbench compare: results file {str(path)!r} does not exist; "
-                         "make one with `python -m bench run`")
+        check(path)
     print("\n".join(compare_lines(load(args.before), load(args.after), factor=args.factor,
                                    tolerance=args.within, min_time_s=args.min_time / 1e3)))
     return 0
@@ -289,6 +292,7 @@ def main(argv=None) -> int:
     from strategies.user_model import UserModelError
 
     from .runner import BadInput
+    from .store import BadResults
 
     command = "jacbench"
     try:
@@ -297,7 +301,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except _Usage as exc:
         print(str(exc), file=sys.stderr)
-    except (UnknownName, BadInput, UserModelError) as exc:
+    except (UnknownName, BadInput, UserModelError, BadResults) as exc:
         print(f"{command}: {exc}", file=sys.stderr)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0

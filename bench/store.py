@@ -111,6 +111,52 @@ def read_rows(path) -> list[dict]:
     return rows
 
 
+class BadResults(ValueError):
+    """A file that is not a jacbench results file; the message is one line."""
+
+
+# What makes a line a jacbench row: every results file since the first has these columns.
+REQUIRED = ("case_id", "quantity", "problem", "strategy", "status")
+
+
+def check(path, must_exist: bool = True) -> None:
+    """Raise BadResults, one line, unless `path` is a jacbench results file: JSON Lines whose
+    first line is a row with the case columns (a torn or corrupt line later is skipped by
+    `load`, as after a crash). A path that does not exist is fine unless `must_exist` (a
+    sweep starts a new file there)."""
+    path = Path(path)
+    made = "make one with `python -m bench run`"
+    if not path.exists():
+        if must_exist:
+            raise BadResults(f"results file {str(path)!r} does not exist; {made}")
+        return
+    if not path.is_file():
+        kind = "folder" if path.is_dir() else "special file"
+        raise BadResults(f"results file {str(path)!r} is a {kind}, not a file; give the "
+                         ".jsonl file")
+    with path.open("rb") as f:
+        first = b""
+        for line in f:
+            if line.strip():
+                first = line
+                break
+    if not first:
+        raise BadResults(f"{str(path)!r} is empty: not a jacbench results file (it would hold "
+                         f"one JSON row per case); {made}, or delete it")
+    try:
+        row = json.loads(first)
+    except ValueError:
+        text = first[:60].decode(errors="replace").strip()
+        raise BadResults(f"{str(path)!r} is not a jacbench results file: its first line is not "
+                         f"JSON ({text!r}{'...' if len(first) > 60 else ''}); results are JSON "
+                         f"Lines written by `python -m bench run`") from None
+    missing = [c for c in REQUIRED if not isinstance(row, dict) or c not in row]
+    if missing:
+        raise BadResults(f"{str(path)!r} is not a jacbench results file: its first row has no "
+                         f"{', '.join(missing)} (a jacbench row has {', '.join(REQUIRED)}, "
+                         "...); give a file written by `python -m bench run`")
+
+
 def load(path=DEFAULT_PATH, latest: bool = True) -> pd.DataFrame:
     """The results as a DataFrame with the columns of `COLUMNS`.
 

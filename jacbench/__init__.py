@@ -109,6 +109,8 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     probs = problems_for(spec, {B: X}, {B: facts}, qs, ms, second=second)
     cases = cases_for(probs, names, fws, device, dtype)
 
+    if results:
+        store.check(results, must_exist=False)  # never append rows to a file not ours
     scratch = None if results else Path(tempfile.mkdtemp(prefix="jacbench-"))
     results = Path(results) if results else scratch / "results.jsonl"
     quiet = open(os.devnull, "w") if not verbose else sys.stderr
