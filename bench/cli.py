@@ -195,7 +195,7 @@ def _cmd_run(args) -> int:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
         return 130
     if args.model:
-        return _model_verdict(cases, summary)
+        return _model_verdict(cases, summary, args)
     return 0
 
 
@@ -220,11 +220,15 @@ def _model_cases(args):
                          args.mode, args.device, args.dtype or profile.dtype, args.seed, limits)
 
 
-def _model_verdict(cases, summary) -> int:
+def _model_verdict(cases, summary, args) -> int:
     """Problems the model could not run are named on stderr, one line each; exit status 2
     when no case could run at all (nothing ok or disagreeing)."""
-    from .user import blocked_reasons
+    from .user import blocked_reasons, check_names, left_out
 
+    _, names, fws, _ = check_names(args.quantity, args.strategy, args.framework, args.mode)
+    problems = list({id(c.problem): c.problem for c in cases}.values())
+    for line in left_out(problems, names, fws):  # one line, not a row per case
+        print(line)
     reasons = blocked_reasons(cases)
     ran = summary.statuses.get("ok", 0) + summary.statuses.get("disagrees", 0)
     for text in reasons:

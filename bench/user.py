@@ -338,6 +338,32 @@ def check_names(quantities, strategy_names, frameworks, modes) -> tuple[list, li
     return qs or list(DEFAULT_QUANTITIES), names, fws, ms
 
 
+def _other_framework(problem: Problem, s, names) -> str | None:
+    """Why a strategy of another framework than the model's is left out (a PyTorch model
+    has no JAX rows: one line says why, not a row per case); None to keep it. A strategy
+    named with --strategy is kept, and its row says why it does not apply."""
+    from strategies.applicability import model_framework
+
+    return None if names and s.name in names else model_framework(problem, s.framework)
+
+
+def _wanted(s, names, fws) -> bool:
+    # compiled twins only when named: each compiles for seconds to minutes
+    return (s.name in names if names else "compiled" not in s.tags) \
+        and (not fws or s.framework in fws)
+
+
+def left_out(problems: list[Problem], names=None, fws=None) -> list[str]:
+    """One line per framework whose strategies `cases_for` left out, with the reason."""
+    counts: dict[tuple[str, str], int] = {}
+    for p in problems:
+        for s in strategies.strategies(quantity=p.quantity):
+            why = _wanted(s, names, fws) and _other_framework(p, s, names)
+            if why:
+                counts[(s.framework, why)] = counts.get((s.framework, why), 0) + 1
+    return [f"{fw} strategies not run ({n} cases): {why}" for (fw, why), n in counts.items()]
+
+
 def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> list:
     from .runner import BadInput, Case
 
@@ -346,14 +372,13 @@ def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> l
              for p in sorted(problems, key=lambda p: (order[p.quantity], p.mode or "",
                                                       p.size_param))
              for s in strategies.strategies(quantity=p.quantity)
-             # compiled twins only when named: each compiles for seconds to minutes
-             if (s.name in names if names else "compiled" not in s.tags)
-             and (not fws or s.framework in fws)]
+             if _wanted(s, names, fws) and not _other_framework(p, s, names)]
     if not cases:
+        why = "; ".join(left_out(problems, names, fws))
         raise BadInput("no registered strategy matches: quantity "
                        f"{','.join(sorted({p.quantity for p in problems}))}, strategy "
-                       f"{','.join(names) or 'any'}, framework {','.join(fws) or 'any'}; "
-                       "see `python -m bench list`")
+                       f"{','.join(names) or 'any'}, framework {','.join(fws) or 'any'}"
+                       f"{f' ({why})' if why else ''}; see `python -m bench list`")
     return cases
 
 

@@ -75,12 +75,14 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
         torch's OpenMP pool, which does not survive a fork).
 
     Returns the rows of this run (bench.store's columns: quantity, problem, strategy, status,
-    median_s, peak_mem_bytes, max_error, reference, message, ...). Raises UserModelError (a
+    median_s, peak_mem_bytes, max_error, reference, message, ...). Strategies of the other
+    framework (JAX for a PyTorch model, PyTorch for a JAX function) are not run unless named;
+    `df.attrs["left_out"]` says so in one line each. Raises UserModelError (a
     ValueError) with one line that says what is wrong when the model or x cannot be used.
     """
     from bench import store
     from bench.runner import BadInput, Progress, check_device, sweep
-    from bench.user import cases_for, check_names, inspect_model, problems_for
+    from bench.user import cases_for, check_names, inspect_model, left_out, problems_for
     from strategies.user_model import UserModel, kind_of
 
     check_device(device)
@@ -125,6 +127,8 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     df = df[df["run_id"] == summary.run_id].reset_index(drop=True)
+    # Strategies of the other framework are not rows: one line each says why.
+    df.attrs["left_out"] = left_out(probs, names, fws)
     if report:
         from reports.build import build_report
 
