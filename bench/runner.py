@@ -68,6 +68,28 @@ class Profile:
     # Seconds of paired timing per problem (bench.paired): its ok strategies side by side in
     # shuffled rounds, after each ran alone. 0: every case keeps its isolated timing.
     paired_s: float = 0.0
+    # The time limit of a compiled strategy's case (strategies.torch_compiled): its first call
+    # compiles, 6-90 s measured on 2 busy cores, where the case limit is sized for the call.
+    compile_timeout_s: float = 180.0
+
+
+# The compiled twins of the quick sweep: the seeds' own quantities at their smallest size, the
+# NTK in full mode. Compiling costs 6-90 s a case on 2 cores (inductor's cache cold, as in a
+# fresh clone), so all of them would not fit `make bench`'s 15 minutes; `full` runs them all.
+_QUICK_COMPILED = {("ggn_vp", "seed000_mlp"), ("cross_jacobian", "seed001_sqrt"),
+                   ("jac_diag", "seed002_netx"), ("ntk", "seed003_convnet"),
+                   ("jacobian", "seed004_linear_tanh")}
+
+
+def _compiled_trim(case, rank: int) -> bool:
+    p = case.problem
+    return rank == 0 and (p.quantity, p.family) in _QUICK_COMPILED and p.mode in (None, "full")
+
+
+def _test_trim(case, rank: int, sizes: int) -> bool:
+    """The test profile leaves the compiled twins out (a smoke test in seconds cannot compile);
+    tests/test_compiled.py checks them, and --strategy names them in."""
+    return "compiled" not in case.strategy.tags
 
 
 def _quick_trim(case, rank: int, sizes: int) -> bool:
@@ -78,6 +100,8 @@ def _quick_trim(case, rank: int, sizes: int) -> bool:
     at the smallest size of the ladders that have more than one. `full` runs everything, and a
     strategy named with --strategy is never cut."""
     s, p = case.strategy, case.problem
+    if "compiled" in s.tags:
+        return _compiled_trim(case, rank)
     if s.framework != "jax":
         return True
     if p.mode not in (None, "full"):  # the NTK's trace and diagonal modes
@@ -97,7 +121,8 @@ PROFILES = {p.name: p for p in [
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
             paired_s=10.0, about="the seeds' own sizes and beyond, careful timing"),
     Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
-            paired_s=0.05, about="tiny problems, a smoke test of the whole pipeline in seconds"),
+            paired_s=0.05, trim=_test_trim,
+            about="tiny problems, a smoke test of the whole pipeline in seconds"),
 ]}
 
 
@@ -688,7 +713,11 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         note(case.case_id)
         progress.begin(case)
-        running[slot] = _Job(Runner(child, limits, log), case=case)
+        case_limits = limits
+        if "compiled" in case.strategy.tags:
+            case_limits = replace(limits, timeout_s=max(limits.timeout_s,
+                                                        profile.compile_timeout_s))
+        running[slot] = _Job(Runner(child, case_limits, log), case=case)
 
     def record(case: Case, row: dict) -> None:
         if row["status"] in FAILED:  # killed by us, or an allocation that failed inside

@@ -20,6 +20,7 @@ IMPLEMENTATIONS = (
     "torch_structured", "jax_structured", "torch_forward_tangent",
     "torch_hessian_backprop",
     "peer_backpack", "peer_curvlinops",
+    "torch_compiled",  # after the eager strategies it compiles
     "torch_auto",  # last: it picks among the strategies registered before it
 )
 for _name in IMPLEMENTATIONS:

@@ -42,6 +42,9 @@ class Strategy:
     prepare: Prepare
     applies: Applies
     options: dict = field(default_factory=dict)  # e.g. default sample count of an estimator
+    # Declared facts that reports and torch.auto select by, never the name text: "compiled"
+    # (torch.compile; its first call compiles).
+    tags: frozenset = frozenset()
 
     @property
     def idea(self) -> str:
@@ -69,7 +72,7 @@ def always(_problem: Problem) -> None:
 
 
 def register(quantity: str, name: str, *, exact: bool = True, applies: Applies = always,
-             **options) -> Callable[[Prepare], Prepare]:
+             tags=(), **options) -> Callable[[Prepare], Prepare]:
     """Decorator: register `prepare` as strategy `name` for `quantity`.
 
     The framework is the part of the name before the first dot ("torch.jacrev" -> "torch").
@@ -88,7 +91,7 @@ def register(quantity: str, name: str, *, exact: bool = True, applies: Applies =
         if not inspect.getdoc(prepare):
             raise ValueError(f"strategy {quantity}/{name} needs a docstring: its idea and cost")
         _REGISTRY[(quantity, name)] = Strategy(quantity, name, framework, exact, prepare,
-                                               applies, dict(options))
+                                               applies, dict(options), frozenset(tags))
         return prepare
 
     return deco
@@ -116,8 +119,10 @@ def get(quantity: str, name: str) -> Strategy:
 
 
 def strategies(quantity: str | None = None, framework: str | None = None,
-               name: str | None = None, exact: bool | None = None) -> list[Strategy]:
-    """Registered strategies matching every given filter, sorted by (quantity, name)."""
+               name: str | None = None, exact: bool | None = None,
+               compiled: bool | None = None) -> list[Strategy]:
+    """Registered strategies matching every given filter, sorted by (quantity, name).
+    `compiled` False leaves out the torch.compile twins (tag "compiled"), True keeps only them."""
     from .quantities import QUANTITIES
 
     if quantity is not None and quantity not in QUANTITIES:
@@ -130,5 +135,6 @@ def strategies(quantity: str | None = None, framework: str | None = None,
            if (quantity is None or s.quantity == quantity)
            and (framework is None or s.framework == framework)
            and (name is None or s.name == name)
-           and (exact is None or s.exact == exact)]
+           and (exact is None or s.exact == exact)
+           and (compiled is None or ("compiled" in s.tags) == compiled)]
     return sorted(out, key=lambda s: (s.quantity, s.name))

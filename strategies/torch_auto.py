@@ -18,8 +18,11 @@ AUTO = "torch.auto"
 
 
 def candidates(problem: Problem) -> list[Strategy]:
+    # Never a compiled twin: its first call compiles for seconds to minutes, which a pick
+    # made per call cannot amortise.
     return [s for s in strategies(problem.quantity, framework="torch", exact=True)
-            if not s.name.endswith(".auto") and s.not_applicable(problem) is None]
+            if not s.name.endswith(".auto") and "compiled" not in s.tags
+            and s.not_applicable(problem) is None]
 
 
 def _applies(problem: Problem) -> str | None:

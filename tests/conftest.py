@@ -56,9 +56,10 @@ def assert_agrees(strategy, problem, dtype, device="cpu", **options):
 
 
 def cases(framework: str | None = None, exact: bool | None = True):
-    """(strategy, problem) pairs for every registered strategy and applicable test problem."""
+    """(strategy, problem) pairs for every registered strategy and applicable test problem;
+    the compiled twins have their own test (test_compiled.py: one compile costs seconds)."""
     out = []
-    for s in strategies.strategies(framework=framework, exact=exact):
+    for s in strategies.strategies(framework=framework, exact=exact, compiled=False):
         for p in _test_problems(s.quantity).values():
             if s.not_applicable(p) is None:
                 out.append(pytest.param(s, p, id=f"{s.quantity}-{s.name}-{p.id}"))

@@ -34,7 +34,7 @@ def _reference(quantity: str, problem_id: str) -> np.ndarray:
 def _cases():
     for q in strategies.QUANTITIES:
         for p in _problems(q).values():
-            for s in strategies.strategies(q):
+            for s in strategies.strategies(q, compiled=False):  # compiling: test_compiled
                 reason = s.not_applicable(p)
                 marks = [pytest.mark.benchmark(group=q)]
                 if reason is not None:

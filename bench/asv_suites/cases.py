@@ -41,7 +41,7 @@ def covering(quantity: str, ladder: str) -> list[Problem]:
     candidates = smallest(quantity, ladder)
     for mode in dict.fromkeys(p.mode for p in candidates):
         pool = [p for p in candidates if p.mode == mode]
-        uncovered = {s.name: s for s in strategies.strategies(quantity)}
+        uncovered = {s.name: s for s in strategies.strategies(quantity, compiled=False)}
         while uncovered:
             gain = [{n for n, s in uncovered.items() if s.not_applicable(p) is None} for p in pool]
             # fewest parameters first among equal gains: a cheap first call keeps runs short

@@ -120,7 +120,10 @@ def suite(quantity: str) -> type:
 
     body = {
         "quantity": quantity,
-        "params": [[s.name for s in strategies.strategies(quantity)], list(_problems(quantity))],
+        # No compiled twins: asv runs each benchmark in several fresh processes, so each would
+        # compile four times (minutes per case); their rows come from `run --profile full`.
+        "params": [[s.name for s in strategies.strategies(quantity, compiled=False)],
+                   list(_problems(quantity))],
         "param_names": ["strategy", "problem"],
         "timeout": 300,  # JACBENCH_ASV_FULL reaches sizes where slow strategies take minutes
         "setup": setup,

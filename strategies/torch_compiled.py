@@ -1,0 +1,87 @@
+"""Compiled twins: `torch.compile` of the eager torch.func strategies that are the best today or
+the natural choice, registered as "<eager name>_compiled" (torch.jvp_vjp -> torch.jvp_vjp_compiled).
+
+Why: jitted JAX was compared with eager PyTorch, whose torch.func transforms pay Python dispatch
+per op at these sizes. A compiled twin is judged like every strategy (against the float64
+reference: a wrong compiled result is `disagrees`), and torch.compile's failure modes become
+data: a compile that raises is an `error` row with the reason's first line, graph breaks are
+counted in the row's message, and the first call, which compiles, is the row's first_call_s.
+
+The prepared callable compiles the eager strategy's whole zero-argument call (the problem's
+tensors are constants of the graph: static shapes, as a training loop would see them).
+"""
+from __future__ import annotations
+
+from .registry import get, register
+
+BACKEND = "inductor"
+MODE = "default"
+DYNAMIC = False
+SUFFIX = "_compiled"
+TAG = "compiled"
+
+TWINS = {
+    "jacobian": ("torch.jacrev", "torch.jacfwd"),
+    "batch_jacobian": ("torch.vmap_jacrev", "torch.vmap_jacfwd"),
+    "hessian": ("torch.hessian",),
+    "hvp": ("torch.fwd_over_rev",),
+    "jvp": ("torch.func_jvp",),
+    "vjp": ("torch.func_vjp",),
+    "ggn_vp": ("torch.jvp_vjp",),
+    "cross_jacobian": ("torch.vmap_jvp_vjp",),
+    "jac_diag": ("torch.single_jvp",),
+    "ntk": ("torch.jacobian_contraction", "torch.ntk_vps", "torch.structured"),
+}
+
+
+def compile_note(counters, mode: str, dynamic: bool) -> str:
+    """What a compiled row's message says after its first call: the settings, the graph
+    breaks (with the first reason) and whether inductor's on-disk cache was cold or warm."""
+    breaks = counters["graph_break"]
+    count = sum(breaks.values())
+    reason = f" (first: {' '.join(str(next(iter(breaks))).split())[:120]})" if count else ""
+    hits = counters["inductor"].get("fxgraph_cache_hit", 0)
+    misses = counters["inductor"].get("fxgraph_cache_miss", 0)
+    cache = "warm" if hits and not misses else "cold" if misses and not hits else \
+        f"{hits} hit(s), {misses} miss(es)" if hits or misses else "unused"
+    return (f"compiled: backend {BACKEND}, mode {mode}, {'dynamic' if dynamic else 'static'} "
+            f"shapes; {count} graph break(s){reason}; inductor cache {cache}")
+
+
+def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DYNAMIC) -> str:
+    """Register the compiled twin of strategy `name` and return the twin's name."""
+    eager = get(quantity, name)
+
+    def prepare(problem, device, dtype, **options):
+        import torch
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
+        run = eager.prepare(problem, device, dtype, **options)
+        torch._dynamo.reset()  # one problem per process in the runner; a library caller's
+        counters.clear()       # earlier compiles must not be counted as this one's
+        fn = torch.compile(run, backend=BACKEND, mode=mode, dynamic=dynamic)
+        notes: list[str] = list(getattr(run, "notes", ()))
+        first = [True]
+
+        def call():
+            out = fn()
+            if first[0]:
+                first[0] = False
+                notes.append(compile_note(counters, mode, dynamic))
+            return out
+        call.notes = notes
+        return call
+
+    prepare.__doc__ = (f"torch.compile ({BACKEND}, mode {mode}) of {name}: {eager.idea} "
+                       f"Compiled cost: the same work without per-op Python dispatch, after a "
+                       f"first call that compiles (seconds to minutes).")
+    twin = name + SUFFIX
+    register(quantity, twin, exact=eager.exact, applies=eager.applies, tags={TAG},
+             **eager.options)(prepare)
+    return twin
+
+
+for _quantity, _names in TWINS.items():
+    for _name in _names:
+        compiled_twin(_quantity, _name)

@@ -1,0 +1,90 @@
+"""The compiled twins (strategies.torch_compiled) behind the correctness gate: each agrees with
+the float64 reference on a test problem, records its compile settings and graph breaks, and a
+compile failure or a wrong compiled result is caught as for any other strategy."""
+import pytest
+import torch
+
+import strategies
+from bench.harness import run_case
+from conftest import assert_agrees, reference_for, tolerance_for
+from strategies.registry import Strategy, add, always, remove
+from strategies.torch_compiled import SUFFIX, TWINS, compiled_twin
+
+FAST = __import__("bench.harness", fromlist=["Timing"]).Timing(max_run_time=0.01,
+                                                                min_run_time=0.001)
+
+
+def _one_problem(strategy):
+    from bench.problems import problems
+
+    return next(p for p in problems(strategy.quantity, "test")
+                if strategy.not_applicable(p) is None and p.mode in (None, "full"))
+
+
+def _twins():
+    return [pytest.param(s, id=f"{s.quantity}-{s.name}")
+            for s in strategies.strategies(framework="torch", compiled=True)]
+
+
+def test_every_listed_twin_is_registered_tagged_and_documented():
+    twins = {(s.quantity, s.name) for s in strategies.strategies(compiled=True)}
+    assert twins == {(q, n + SUFFIX) for q, names in TWINS.items() for n in names}
+    for q, n in twins:
+        s = strategies.get(q, n)
+        assert s.tags == {"compiled"} and "torch.compile" in s.idea
+    assert all("compiled" not in s.tags for s in strategies.strategies(compiled=False))
+
+
+@pytest.mark.parametrize("strategy", _twins())
+def test_compiled_twin_agrees_and_says_how_it_was_compiled(strategy):
+    p = _one_problem(strategy)
+    fn = strategy.prepare(p, "cpu", "float32", **strategy.options)
+    assert not fn.notes or "compiled:" not in fn.notes[-1]  # said after the first call
+    err = strategies.max_error(fn(), reference_for(p))
+    assert err <= tolerance_for(p, "float32"), err
+    note = fn.notes[-1]
+    assert note.startswith("compiled: backend inductor, mode default, static shapes; ")
+    assert "graph break(s)" in note and "inductor cache" in note
+
+
+def _wrong_after_compile(problem, device, dtype):
+    """The reference, negated inside the compiled graph. Cost: one reference, untimed."""
+    ref = torch.as_tensor(strategies.reference(problem), dtype=torch.float32)
+    return lambda: -ref * 1.0
+
+
+def _fails_to_compile(problem, device, dtype):
+    """Calls an op dynamo refuses (a graph break would hide it: fullgraph is not set, so
+    this raises from inside the compiled region instead). Cost: nothing."""
+    def run():
+        raise RuntimeError("planted failure inside the compiled function")
+    return run
+
+
+@pytest.mark.parametrize("planted,status,says", [
+    (_wrong_after_compile, "disagrees", "max error"),
+    (_fails_to_compile, "error", "first call: RuntimeError: planted failure"),
+])
+def test_a_wrong_or_failing_compiled_twin_is_a_row_not_a_pass(planted, status, says):
+    name = f"torch.planted_{planted.__name__.strip('_')}"
+    add(Strategy("jacobian", name, "torch", True, planted, always))
+    twin = None
+    try:
+        twin = compiled_twin("jacobian", name)
+        s = strategies.get("jacobian", twin)
+        p = _one_problem(s)
+        row = run_case(s, p, "cpu", "float32", reference_for(p), 1, FAST,
+                       tol=tolerance_for(p, "float32"))
+        assert row["status"] == status and says in row["message"], row
+    finally:
+        remove("jacobian", name)
+        if twin:
+            remove("jacobian", twin)
+
+
+def test_auto_never_picks_a_compiled_twin():
+    from strategies.torch_auto import candidates
+
+    for q in TWINS:
+        for p in __import__("bench.problems", fromlist=["problems"]).problems(q, "test"):
+            assert all("compiled" not in s.tags for s in candidates(p))
