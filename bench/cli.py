@@ -86,6 +86,8 @@ def _parser() -> _Parser:
                      help="cases run side by side, each on its own CPUs, timed one at a time "
                           "(default: CPUs / threads, at most 2)")
     run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the cases and an estimated time; run nothing")
     own = run.add_argument_group(
         "your own model", "benchmark a model the suite has never seen (default quantities: "
         "ntk, param_jacobian, ggn_vp, batch_jacobian)")
@@ -156,13 +158,45 @@ def _cmd_list(args) -> int:
             print(f"  {q:<15} {s.name:<32} {s.framework:<8} "
                   f"{'exact' if s.exact else 'approx'}")
             print(wrap.fill(s.idea))
-    print("\nProblem families (quantities on the quick ladder):")
+    print("\nProblem families, and their sizes per ladder (--profile test, quick, full):")
     for fam in FAMILIES.values():
-        qs = [q for q in fam.ladders.get("quick", {}) if q in quantities]
-        if qs:
+        lines = _ladder_lines(fam.ladders, quantities)
+        if lines:
             print(f"  {fam.name:<20} {fam.about}")
-            print(f"  {'':<20} {', '.join(qs)}")
+            for line in lines:
+                print(wrap.fill(line))
     return 0
+
+
+def _sizes_text(sizes: list[dict]) -> str:
+    """A ladder's sizes in a few words: what varies, listed, then what stays, once
+    ("width 32, 128, 512 (n=32, m=8)")."""
+    keys = [k for k in sizes[0] if k != "scale"]
+    varying = [k for k in keys if len({str(s.get(k)) for s in sizes}) > 1]
+    fixed = ", ".join(f"{k}={sizes[0][k]}" for k in keys if k not in varying)
+    if not varying:
+        return fixed
+    if len(varying) == 1:
+        k = varying[0]
+        text = f"{k} {', '.join(str(s[k]) for s in sizes)}"
+    else:
+        text = "; ".join(",".join(f"{k}={s[k]}" for k in varying) for s in sizes)
+    return f"{text} ({fixed})" if fixed else text
+
+
+def _ladder_lines(ladders: dict, quantities) -> list[str]:
+    """Per ladder, the quantities with the same sizes together: "quick: jacobian, hessian:
+    width 32, 128, 512 (n=32, m=8)"."""
+    out = []
+    for ladder in ("test", "quick", "full"):
+        groups: dict[str, list[str]] = {}
+        for q, sizes in ladders.get(ladder, {}).items():
+            if q in quantities and sizes:
+                groups.setdefault(_sizes_text(sizes), []).append(q)
+        if groups:
+            out.append(f"{ladder}: " + " | ".join(f"{', '.join(qs)}: {text}"
+                                                  for text, qs in groups.items()))
+    return out
 
 
 def _cmd_run(args) -> int:
@@ -177,7 +211,8 @@ def _cmd_run(args) -> int:
                        f"CPUs; this process may use {cpus}")
     from .store import check
 
-    check(args.results, must_exist=False)  # never append rows to a file that is not ours
+    if not args.dry_run:
+        check(args.results, must_exist=False)  # never append rows to a file that is not ours
     if args.model:
         cases = _model_cases(args)
     else:
@@ -186,6 +221,13 @@ def _cmd_run(args) -> int:
                 raise _Usage(f"jacbench run: --{flag.replace('_', '-')} goes with --model")
         cases = select_cases(args.profile, args.quantity, args.strategy, args.problem,
                              args.size, args.framework, args.device, args.dtype, args.mode)
+    if args.dry_run:
+        from .estimate import dry_run_lines
+        from .runner import PROFILES, default_jobs
+
+        jobs = args.jobs or default_jobs(args.threads or 1)
+        print("\n".join(dry_run_lines(cases, PROFILES[args.profile], jobs)))
+        return 0
     summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
                     mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
                     resume=args.resume,

@@ -121,7 +121,8 @@ _INPUT_Q = ("jacobian", "jvp", "vjp", "hessian", "hessian_diag", "hvp", "cross_j
 _PARAM_Q = ("param_jacobian", "ggn_vp")
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
-    Family("seed000_mlp", "seed 000: tanh MLP 4->H->H->1 on a batch, J^T J v over its parameters",
+    Family("seed000_mlp", "J^T J v without the dense Jacobian: tanh MLP 4->H->H->1 on "
+           "a batch, over its parameters (a PyTorch forum question)",
            lambda rng, s: tanh_mlp(rng, [4, s["width"], s["width"], 1]),
            {"test": {"ggn_vp": [{"width": 6, "B": 5, "scale": 5}],
                      "param_jacobian": [{"width": 6, "B": 4, "scale": 4}]},
@@ -129,21 +130,24 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                       "param_jacobian": _sizes("B", [64, 256, 1024], width=64)},
             "full": {"ggn_vp": _sizes("B", [1024, 4096, 16384], width=64),
                      "param_jacobian": _sizes("B", [256, 1024, 4096], width=64)}}),
-    Family("seed001_sqrt", "seed 001: f(x) = sqrt(F x / N), M = 5 outputs",
+    Family("seed001_sqrt", "J(x1) J(x2)^T without whole Jacobians: f(x) = "
+           "sqrt(F x / N), M = 5 outputs (a Stack Overflow question)",
            lambda rng, s: sqrt_linear(rng, s["n"], s["m"]),
            {"test": {q: [{"n": 7, "m": 3, "scale": 7}] for q in ("cross_jacobian", "jacobian")},
             "quick": {"cross_jacobian": _sizes("n", [1000, 10000, 100000], m=5),
                       "jacobian": _sizes("n", [1000, 10000, 100000], m=5)},
             "full": {"cross_jacobian": _sizes("n", [10000, 100000, 1000000], m=5)}},
            positive_inputs=True),
-    Family("seed002_netx", "seed 002: net_x 1->20->20->m on N scalar inputs; samples independent",
+    Family("seed002_netx", "only the Jacobian's diagonal: net_x 1->20->20->m on N "
+           "scalar inputs, samples independent (a Stack Overflow question)",
            lambda rng, s: tanh_mlp(rng, [1, 20, 20, s["m"]]),
            {"test": {"jac_diag": [{"m": 4, "N": 3, "scale": 3}, {"m": 7, "N": 5, "scale": 5}]},
             "quick": {"jac_diag": [{"m": 4, "N": 3, "scale": 3}, {"m": 400, "N": 30, "scale": 30},
                                    {"m": 400, "N": 100, "scale": 100}]},
             "full": {"jac_diag": _sizes("N", [100, 300, 1000], m=400)}},
            flags=frozenset({"separable"})),
-    Family("seed003_convnet", "seed 003: conv net with eval-mode batch norm, 10 logits",
+    Family("seed003_convnet", "per-sample parameter Jacobians and NTKs: conv net with "
+           "eval-mode batch norm, 10 logits (a neural-tangents issue)",
            lambda rng, s: conv_bn_net(rng, s["channels"], s["hidden"], s["image"]),
            {"test": {"param_jacobian": [{"channels": 2, "hidden": 6, "image": 8, "B": 3,
                                          "scale": 3}],
@@ -158,7 +162,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                                               image=32),
                      "ntk": [{"channels": 16, "hidden": 192, "image": 32, "B1": b, "B2": b,
                               "scale": b} for b in (10, 25, 100)]}}),
-    Family("seed004_linear_tanh", "seed 004: predict(x) = tanh(W x + b)",
+    Family("seed004_linear_tanh", "jacfwd or jacrev, vmap or a loop: predict(x) = "
+           "tanh(W x + b) (the torch.func tutorial on Jacobians and Hessians)",
            lambda rng, s: tanh_mlp(rng, [s["n"], s["m"]], out_act="tanh"),
            {"test": {"jacobian": [{"n": 3, "m": 5, "scale": 15}, {"n": 5, "m": 3, "scale": 15}],
                      "batch_jacobian": [{"n": 4, "m": 3, "B": 3, "scale": 3}],
@@ -205,7 +210,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
                       for q in ("jacobian", "cross_jacobian")},
             "full": {q: _sizes("m", [1, 64, 1024], n=64, width=128)
                      for q in ("jacobian", "cross_jacobian")}}),
-    Family("ntk_targets", "issue 7 targets: tanh MLP 32->W->W->10, B1 = B2 = batch",
+    Family("ntk_targets", "large NTKs: tanh MLP 32->W->W->10, B1 = B2 = batch, up to width 1024",
            _mlp,
            {"test": {"ntk": [{"n": 5, "width": 6, "m": 3, "B1": 4, "B2": 4, "scale": 6}]},
             "full": {"ntk": [{"n": 32, "width": w, "m": 10, "B1": b, "B2": b, "scale": w}
