@@ -20,6 +20,7 @@ import pandas as pd
 from bench import store
 
 from . import auto as A
+from . import compiled as C
 from . import figures
 from . import summary as S
 
@@ -145,7 +146,7 @@ def summary_rows(table: pd.DataFrame) -> list[dict]:
                                "fail", base_title))
         else:
             cells.append(_cell("\u2013", ""))
-        text = f"{r.ok} of {r.strategies} ok" + (f"; {r.not_ok}" if r.not_ok else "") \
+        text = f"{r.ok_rows} of {r.n_rows} ok" + (f"; {r.not_ok}" if r.not_ok else "") \
             + (f"; {r.not_run} not run" if r.not_run else "")
         cells.append(_cell(text, r.ok, "wrap" + (" fail" if r.not_ok else "")))
         rows.append({"cls": "" if has else "row-failed", "cells": cells})
@@ -250,6 +251,35 @@ def references_text(df: pd.DataFrame) -> str:
                  f"{len(consensus)}, where the float64 reference would not fit in memory or the "
                  f"model is a JAX function: {names}")
     return text + "."
+
+
+COMPILED_COLUMNS = [
+    ("Quantity", "", False), ("Problem", "", False),
+    ("Compiled", "the torch.compile twin (inductor, static shapes)", False),
+    ("Status", "a compile failure is an error; a wrong compiled result disagrees", False),
+    ("Eager", "the eager strategy's median, same sweep", True),
+    ("Compiled time", "the twin's median", True),
+    ("Speed-up", "eager \u00f7 compiled", True),
+    ("Compile", "the twin's first call: tracing and compilation", True),
+    ("Graph breaks", "", True), ("Inductor cache", "cold: compiled from scratch; warm: "
+                                                    "read from the on-disk cache", False),
+]
+
+
+def compiled_rows(df: pd.DataFrame) -> list[dict]:
+    rows = []
+    for r in C.compiled_vs_eager(df).itertuples():
+        failed = r.status != "ok"
+        rows.append({"cls": "row-failed" if failed else "", "cells": [
+            _cell(r.quantity), _cell(_breakable(r.problem), cls="prob"), _cell(r.strategy),
+            _status_cell(r.status, r.message),
+            _cell(S.fmt_time(_f(r.eager_s)), _f(r.eager_s)),
+            _cell(S.fmt_time(_f(r.compiled_s)), _f(r.compiled_s)),
+            _cell(S.fmt_ratio(_f(r.speedup)), _f(r.speedup)),
+            _cell(S.fmt_time(_f(r.compile_s)), _f(r.compile_s)),
+            _cell(r.graph_breaks if r.graph_breaks is not None else "", _f(r.graph_breaks)),
+            _cell(r.cache or "")]})
+    return rows
 
 
 def _columns(spec):
@@ -359,6 +389,8 @@ def build_report(results, out_path, seeds_path=None, workers: int = 1) -> Path:
         "summary_rows": summary_rows(table) if len(table) else [],
         "baseline_rule": S.BASELINE_RULE,
         "auto": auto_context(df),
+        "compiled_columns": _columns(COMPILED_COLUMNS),
+        "compiled_rows": compiled_rows(df),
         "sections": sections,
         "failure_rows": result_rows(failed),
         "result_columns": _columns(RESULT_COLUMNS),

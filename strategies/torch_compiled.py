@@ -34,14 +34,26 @@ TWINS = {
 }
 
 
-def compile_note(counters, mode: str, dynamic: bool) -> str:
+def _snapshot(counters) -> dict:
+    return {group: dict(counters[group]) for group in ("graph_break", "inductor")}
+
+
+def _grown(before: dict, after: dict, group: str) -> dict:
+    return {k: v - before[group].get(k, 0) for k, v in after[group].items()
+            if v > before[group].get(k, 0)}
+
+
+def compile_note(before: dict, after: dict, mode: str, dynamic: bool) -> str:
     """What a compiled row's message says after its first call: the settings, the graph
-    breaks (with the first reason) and whether inductor's on-disk cache was cold or warm."""
-    breaks = counters["graph_break"]
+    breaks (with the first reason) and whether inductor's on-disk cache was cold or warm,
+    from torch._dynamo's counters before and after that call (other compiles in the same
+    process, such as a problem's other twins timed side by side, are not counted)."""
+    breaks = _grown(before, after, "graph_break")
     count = sum(breaks.values())
     reason = f" (first: {' '.join(str(next(iter(breaks))).split())[:120]})" if count else ""
-    hits = counters["inductor"].get("fxgraph_cache_hit", 0)
-    misses = counters["inductor"].get("fxgraph_cache_miss", 0)
+    inductor = _grown(before, after, "inductor")
+    hits = inductor.get("fxgraph_cache_hit", 0)
+    misses = inductor.get("fxgraph_cache_miss", 0)
     cache = "warm" if hits and not misses else "cold" if misses and not hits else \
         f"{hits} hit(s), {misses} miss(es)" if hits or misses else "unused"
     return (f"compiled: backend {BACKEND}, mode {mode}, {'dynamic' if dynamic else 'static'} "
@@ -54,21 +66,20 @@ def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DY
 
     def prepare(problem, device, dtype, **options):
         import torch
-        import torch._dynamo
         from torch._dynamo.utils import counters
 
         run = eager.prepare(problem, device, dtype, **options)
-        torch._dynamo.reset()  # one problem per process in the runner; a library caller's
-        counters.clear()       # earlier compiles must not be counted as this one's
         fn = torch.compile(run, backend=BACKEND, mode=mode, dynamic=dynamic)
         notes: list[str] = list(getattr(run, "notes", ()))
         first = [True]
 
         def call():
+            if not first[0]:
+                return fn()
+            first[0] = False
+            before = _snapshot(counters)
             out = fn()
-            if first[0]:
-                first[0] = False
-                notes.append(compile_note(counters, mode, dynamic))
+            notes.append(compile_note(before, _snapshot(counters), mode, dynamic))
             return out
         call.notes = notes
         return call
