@@ -4,11 +4,13 @@ The runner first runs every case of a problem alone (status, first call, memory,
 this child then prepares the strategies that ran ok, plus the forward pass of every framework
 and mode among them, and times them all together with bench.paired, pinned to one CPU and
 holding the exclusive timing lock. Each strategy's cost per forward pass is then relative to
-the forward of its own framework and mode, timed in the same rounds.
+the forward of its own framework and mode, timed in the same rounds. On the CPU the paired
+times are the process's CPU time (bench.paired says why).
 """
 from __future__ import annotations
 
 import contextlib
+import time
 
 from strategies.problem import Problem
 from strategies.registry import Strategy
@@ -46,8 +48,11 @@ def time_problem(strategies: list[Strategy], problem: Problem, device: str, dtyp
             fns[FORWARD + kind] = fn
         except Exception as exc:  # noqa: BLE001 - the rows then have no forward_s
             failed[FORWARD + kind] = one_line(exc)
+    # CPU time on the CPU (see bench.paired); a GPU's work is not this process's CPU time.
+    clock = time.perf_counter if device.startswith("cuda") else time.process_time
     with exclusive() if exclusive else contextlib.nullcontext():
-        timed = run_rounds(fns, rounds, estimates=estimates)
+        timed = run_rounds(fns, rounds, clock=clock, estimates=estimates,
+                           budget_clock=time.perf_counter)
     names = [s.name for s in strategies if s.name in fns]
     # torch.auto runs one of the others: its rivals are the concrete strategies, as in the
     # report (reports.summary), so it is compared with the fastest but never named it.

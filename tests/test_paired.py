@@ -167,3 +167,15 @@ def test_min_rounds_never_run_past_the_overrun():
                      Rounds(budget_s=1.0, min_rounds=5, overrun=3.0), clock=host.clock,
                      estimates={"a": 0.5, "b": 0.6})
     assert len(out["a"]["times"]) < 5 and host.now < 3.0 + 2 * 1.8 * 0.6
+
+
+def test_the_budget_is_kept_on_its_own_clock():
+    host, wall = VirtualHost(), [0.0]
+
+    def wall_clock():  # the host's time, and as much again spent on other processes
+        wall[0] = 2 * host.now
+        return wall[0]
+    out = run_rounds({"a": host.callable(1e-3)}, Rounds(budget_s=0.5), clock=host.clock,
+                     budget_clock=wall_clock)
+    assert 0.5 <= wall[0] < 0.6 and host.now < 0.3
+    assert spread(out["a"]["times"].values())[0] < 1.8e-3  # samples on `clock`, not the wall
