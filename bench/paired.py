@@ -97,7 +97,7 @@ def warms(per_call_s: float, rounds: Rounds) -> bool:
 
 def periods(blocks: dict, rounds: Rounds) -> dict:
     """name -> period, from name -> seconds of one block (warm-up call included): the fair
-    share (`period`), shortened where the rounds the budget affords would give a callable
+    share (a block of `fair_share` block lengths or less per round on average), shortened where the rounds the budget affords would give a callable
     fewer than `min_samples` rounds. Shortening a period makes rounds longer, so the number of
     rounds is estimated again, a few times."""
     out = {n: max(1, round(b / (rounds.fair_share * rounds.block_s))) for n, b in blocks.items()}
