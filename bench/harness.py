@@ -333,7 +333,7 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
 
 # The forward pass a strategy's cost is relative to: the same framework and mode (issue 16),
 # so a jitted JAX strategy is divided by the jitted JAX forward, not by eager torch's.
-FORWARD_KINDS = ("torch eager", "jax jit", "jax eager")
+FORWARD_KINDS = ("torch eager", "torch compiled", "jax jit", "jax eager")
 
 
 def forward_kind(strategy: Strategy) -> str:
@@ -342,7 +342,7 @@ def forward_kind(strategy: Strategy) -> str:
     curvlinops run on eager torch modules."""
     if strategy.framework == "jax":
         return "jax jit" if strategy.name.endswith("_jit") else "jax eager"
-    return "torch eager"
+    return "torch compiled" if "compiled" in strategy.tags else "torch eager"
 
 
 def forward_kind_of(problem: Problem) -> str:
@@ -356,7 +356,7 @@ def forward_callable(problem: Problem, device: str, dtype: str, kind: str | None
     differentiates at (x, X, x1/x2 or X1/X2), without autograd: `kind` one of FORWARD_KINDS,
     by default `forward_kind_of(problem)`."""
     kind = kind or forward_kind_of(problem)
-    if kind != "torch eager":
+    if kind.startswith("jax"):
         return _jax_forward_callable(problem, device, dtype, jit=kind == "jax jit")
     v = torch_view(problem, device, dtype)
     views = quantity(problem.quantity).views  # each model input, with the view that takes it
@@ -365,6 +365,10 @@ def forward_callable(problem: Problem, device: str, dtype: str, kind: str | None
     def run():
         with torch.no_grad():
             return tuple(f(x) for f, x in calls)
+    if kind == "torch compiled":  # what a compiled twin is compared with (torch_compiled)
+        from strategies.torch_compiled import BACKEND, DYNAMIC, MODE
+
+        return torch.compile(run, backend=BACKEND, mode=MODE, dynamic=DYNAMIC)
     return run
 
 
