@@ -197,6 +197,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         base = baseline_name(rows["strategy"])
         base_rows = rows[rows["strategy"] == base]
         rec.update(strategies=rows["strategy"].nunique(), ok=int(len(good)),
+                   # every row named: "ok_rows of n_rows ok; <not_ok>" adds up
+                   ok_rows=int(rows["status"].eq("ok").sum()), n_rows=len(rows),
                    not_ok=_status_counts(rows["status"]),
                    failed=int(rows["status"].isin(FAILED).sum()),
                    disagrees=int(rows["status"].eq("disagrees").sum()),
@@ -221,7 +223,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             if rec["baseline_status"] == "ok" and base_rows["exact"].iloc[0]:
                 rec["speedup_baseline"] = rec["baseline_s"] / best["median_s"]
         out.append(rec)
-    cols = GROUP + ["strategies", "ok", "not_ok", "failed", "disagrees", "not_run", "best",
+    cols = GROUP + ["strategies", "ok", "ok_rows", "n_rows", "not_ok", "failed", "disagrees",
+                    "not_run", "best",
                     "best_framework", "tied", "best_runs", "best_timing", "best_rounds", "best_s", "best_iqr_s", "best_mem", "best_rel_forward",
                     "best_first_call_s", "slowest", "slowest_s", "speedup_slowest", "runner_up",
                     "runner_up_ratio", "baseline", "baseline_status", "baseline_s",
@@ -392,6 +395,16 @@ SEEDS = (
      "beats the loop"),
 )
 
+# The public question each seed workload comes from (the seed files in the seeds folder).
+QUESTIONS = {
+    "000": "PyTorch forum: matrix-vector products of a network without materialising its "
+           "Jacobian",
+    "001": "Stack Overflow: J(x1) J(x2)^T without instantiating the Jacobians, in PyTorch or JAX",
+    "002": "Stack Overflow: only the diagonals of a Jacobian, in PyTorch",
+    "003": "neural-tangents issue #334: the Jacobian of a model with respect to its parameters",
+    "004": "the functorch tutorial \"Jacobians, hessians, and more\" (now torch.func's)",
+}
+
 CONFIRMED, PARTLY, REFUTED, UNMEASURED = ("confirmed", "partly confirmed", "not confirmed",
                                           "not measured in this run")
 
@@ -406,6 +419,7 @@ class Claim:
     verdict: str = UNMEASURED
     evidence: list[str] = field(default_factory=list)
     file: str = ""
+    question: str = ""  # the public question the workload comes from
 
 
 def claim_texts(seeds_path) -> dict[str, dict]:
@@ -698,13 +712,17 @@ _JUDGES = {"000": _seed000, "001": _seed001, "002": _seed002, "003": _seed003, "
 
 
 def seed_claims(df: pd.DataFrame, seeds_path=None) -> list[Claim]:
-    """Each seed's claim and whether this run's rows confirm it, with the measured ratios."""
+    """Each seed's claim and whether this run's rows confirm it, with the measured ratios;
+    only the seeds whose workload ran (none for a run of your own model)."""
     texts = claim_texts(seeds_path)
+    ran = set(df["family"].dropna()) if "family" in df else set()
     out = []
     for seed, family, workload, claim in SEEDS:
+        if family not in ran:
+            continue
         t = texts.get(seed, {})
         c = Claim(seed, family, t.get("workload", workload), t.get("claim", claim), "",
-                  file=t.get("file", ""))
+                  file=t.get("file", ""), question=QUESTIONS.get(seed, ""))
         _JUDGES[seed](df, c)
         if c.verdict == UNMEASURED and not c.evidence:
             c.evidence.append(f"no comparable rows for {family} in this run")
