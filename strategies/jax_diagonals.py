@@ -18,7 +18,7 @@ def _rademacher(seed: int, samples: int, like):
 @register_jax("jac_diag", "full_jacobian")
 def _d_full(v):
     """Full (N, k, N) Jacobian by jacrev, then its diagonal. Cost: N*k reverse passes and
-    N^2 k memory: the route seed 002 wants to avoid."""
+    N^2 k memory: the route a diagonal is wanted to avoid."""
     J = jax.jacrev(v.fd)(v.data["x"])
     return jnp.diagonal(J, axis1=0, axis2=2).T
 

@@ -124,7 +124,7 @@ def _p_jacrev_batch(v):
 # ---------------------------------------------------------------- cross_jacobian
 @register_jax("cross_jacobian", "dense_jacfwd")
 def _c_jacfwd(v):
-    """Seed 001's direct route: J1 and J2 by jacfwd, then J1 @ J2.T. Cost: 2n forward passes
+    """The direct route: J1 and J2 by jacfwd, then J1 @ J2.T. Cost: 2n forward passes
     and two (m, n) Jacobians in memory."""
     jac = jax.jacfwd(v.f)
     return matmul(jac(v.data["x1"]), jac(v.data["x2"]).T)
@@ -139,7 +139,7 @@ def _c_jacrev(v):
 
 @register_jax("cross_jacobian", "vmap_jvp_vjp")
 def _c_indirect(v):
-    """Seed 001's indirect route: vmap over unit cotangents e of jvp at x1 of vjp at x2. Cost: m
+    """The indirect route: vmap over unit cotangents e of jvp at x1 of vjp at x2. Cost: m
     reverse plus m forward passes, vectorized; never forms an (m, n) Jacobian."""
     x1, x2 = v.data["x1"], v.data["x2"]
     y, pullback = jax.vjp(v.f, x2)

@@ -38,11 +38,12 @@ def _full(name, doc, jac):
 
 
 _full("torch.full_functional",
-      "Seed 002's first try: autograd.functional.jacobian (vectorize=False) of the whole map, "
+      "The first try: autograd.functional.jacobian (vectorize=False) of the whole map, "
       "then the diagonal. Cost: N*k reverse passes and an (N, k, N) Jacobian.", af_jacobian)
 _full("torch.full_functional_vectorize",
-      "autograd.functional.jacobian(vectorize=True), then the diagonal (seed 002 found it "
-      "slower). Cost: N*k cotangents in one batched reverse pass, (N, k, N) memory.",
+      "autograd.functional.jacobian(vectorize=True), then the diagonal (slower than the loop "
+      "in the Stack Overflow question). "
+      "Cost: N*k cotangents in one batched reverse pass, (N, k, N) memory.",
       lambda f, x: af_jacobian(f, x, vectorize=True))
 _full("torch.full_jacrev",
       "torch.func.jacrev of the whole map, then the diagonal. Cost: N*k vmapped reverse passes "
@@ -54,7 +55,7 @@ _full("torch.full_jacfwd",
 
 @register("jac_diag", "torch.onehot_backward", applies=samples_independent)
 def _d_onehot(problem, device, dtype):
-    """Seed 002's answer: one backward per output channel c with cotangent one-hot in c for
+    """The Stack Overflow answer: one backward per output channel c with cotangent one-hot in c for
     every sample. Cost: k reverse passes of the batch."""
     v = torch_view(problem, device, dtype)
 

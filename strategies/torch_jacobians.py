@@ -197,7 +197,7 @@ def _b_dense(problem, device, dtype):
 # ---------------------------------------------------------------- param_jacobian
 @register("param_jacobian", "torch.autograd_loop")
 def _p_loop(problem, device, dtype):
-    """Seed 003's loop: autograd.grad of every (sample, output) w.r.t. the parameters. Cost:
+    """The usual loop: autograd.grad of every (sample, output) w.r.t. the parameters. Cost:
     B*m reverse passes of the batch, unvectorized."""
     v = torch_view(problem, device, dtype)
 
@@ -244,7 +244,7 @@ def _p_jacrev_batch(problem, device, dtype):
 @register("param_jacobian", "torch.functional_vectorize")
 def _p_functional(problem, device, dtype):
     """autograd.functional.jacobian(vectorize=True) over the parameter tuple (a user's NTK code
-    in seed 003). Cost: B*m reverse passes of the whole batch, vectorized."""
+    in a neural-tangents issue). Cost: B*m reverse passes of the whole batch, vectorized."""
     v = torch_view(problem, device, dtype)
     keys = list(v.params)
 
@@ -258,7 +258,7 @@ def _p_functional(problem, device, dtype):
 # ---------------------------------------------------------------- cross_jacobian
 @register("cross_jacobian", "torch.dense_jacfwd")
 def _c_jacfwd(problem, device, dtype):
-    """Seed 001's direct route: J1 and J2 by jacfwd, then J1 @ J2.T. Cost: 2n forward passes
+    """The direct route: J1 and J2 by jacfwd, then J1 @ J2.T. Cost: 2n forward passes
     and two (m, n) Jacobians in memory."""
     v = torch_view(problem, device, dtype)
     return lambda: jacfwd(v.f)(v.data["x1"]) @ jacfwd(v.f)(v.data["x2"]).T
@@ -278,7 +278,7 @@ def _cross_op(v):
 
 @register("cross_jacobian", "torch.vmap_jvp_vjp")
 def _c_indirect(problem, device, dtype):
-    """Seed 001's indirect route: vmap over unit cotangents e of jvp at x1 of vjp at x2. Cost: m
+    """The indirect route: vmap over unit cotangents e of jvp at x1 of vjp at x2. Cost: m
     reverse plus m forward passes, vectorized; never forms an (m, n) Jacobian."""
     v = torch_view(problem, device, dtype)
 

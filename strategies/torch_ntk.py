@@ -34,7 +34,7 @@ def _loop_jacobian(v, X) -> torch.Tensor:
 
 @register("ntk", "torch.autograd_loop")
 def _ntk_loop(problem, device, dtype):
-    """Seed 003's loop: autograd.grad per sample and output for both batches, then one
+    """The usual loop: autograd.grad per sample and output for both batches, then one
     contraction. Cost: B*m reverse passes of one sample, unvectorized; B*m*P memory."""
     v = torch_view(problem, device, dtype)
 

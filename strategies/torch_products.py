@@ -174,7 +174,7 @@ def _vjp_dense(problem, device, dtype):
 # ---------------------------------------------------------------- ggn_vp
 @register("ggn_vp", "torch.dense")
 def _ggn_dense(problem, device, dtype):
-    """Seed 000's dense route: per-sample Jacobians by vmap(jacrev), flattened to (B*m, P),
+    """The dense route: per-sample Jacobians by vmap(jacrev), flattened to (B*m, P),
     then J.T @ (J @ v). Cost: B*m reverse passes of one sample and B*m*P memory."""
     v = torch_view(problem, device, dtype)
 
