@@ -240,11 +240,11 @@ def make(family: str, quantity: str, sizes: dict, mode: str | None = None,
     spec = fam.build(rng, sizes)
     data = _data(fam, quantity, spec, sizes, rng)
     label = _label(sizes)
-    data = off_kinks(spec, data, lambda shape: _sample(rng, shape, fam.positive_inputs),
+    data = off_kinks(spec, quantity, data, lambda shape: _sample(rng, shape, fam.positive_inputs),
                      f"{family}@{label}")
     counts = {**sizes, "params": spec.param_count}
     return Problem(family, label, quantity, spec, data, counts, fam.flags,
-                   mode if quantity == "ntk" else None, seed)
+                   mode if QUANTITIES[quantity].modes else None, seed)
 
 
 def problems(quantity: str | None = None, ladder: str = "quick",

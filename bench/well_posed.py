@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from strategies.problem import ModelSpec
+from strategies.quantities import quantity as quantity_named
 from strategies.torch_model import build_module
 
 NON_SMOOTH = ("relu",)
 MARGIN = 2.0
 ATTEMPTS = 50
-# The data keys that are model inputs (the others are tangents and cotangents: v, u).
-INPUT_KEYS = ("x", "x1", "x2", "X", "X1", "X2")
 
 
 def _kink_inputs(spec: ModelSpec, X: np.ndarray, dtype) -> list[torch.Tensor]:
@@ -52,18 +51,19 @@ def on_kink(spec: ModelSpec, X: np.ndarray) -> np.ndarray:
     return bad
 
 
-def off_kinks(spec: ModelSpec, data: dict[str, np.ndarray],
+def off_kinks(spec: ModelSpec, quantity: str, data: dict[str, np.ndarray],
               draw: Callable[[tuple], np.ndarray], label: str) -> dict[str, np.ndarray]:
-    """`data` with every model input that sits on a kink redrawn by `draw(shape)`: single
-    samples of a batch (eval-mode models: samples do not interact), or the whole input of a
-    one-input quantity. Raises ValueError when ATTEMPTS redraws do not get off the kinks."""
+    """`data` with every model input of `quantity` (its `views`; tangents and cotangents are
+    left alone) that sits on a kink redrawn by `draw(shape)`: single samples of a batch
+    (eval-mode models: samples do not interact), or the whole input of a one-input view.
+    Raises ValueError when ATTEMPTS redraws do not get off the kinks."""
     if not any(layer.kind in NON_SMOOTH for layer in spec.layers):
         return data
     out = dict(data)
-    for key in INPUT_KEYS:
+    for key, view in quantity_named(quantity).views.items():
         if key not in out:
             continue
-        batched = key.isupper()
+        batched = view == "fb"  # a batch of samples; "f" one input, "fd" one input of N
         X = np.array(out[key], dtype=np.float64).reshape(-1, *spec.in_shape)
         for _ in range(ATTEMPTS):
             bad = on_kink(spec, X)

@@ -22,11 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("strategies", "bench", "reports", "jacbench")
 OWNER = Path("strategies/quantities.py")
 # Single checks left on purpose, (file, source of the comparison): each says why.
-ALLOWED = {
-    # make() is the lead's (issue 15, deliverable 3, edited concurrently); the same fact is
-    # `QUANTITIES[quantity].modes`, as problems() already reads it.
-    (Path("bench/problems.py"), 'quantity == "ntk"'),
-}
+ALLOWED: set = set()  # (path, source text) of a branch that must stay; none today
 
 
 def _names(node) -> set[str]:

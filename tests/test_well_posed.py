@@ -3,6 +3,8 @@ input is within float32 rounding of zero is redrawn, and only that sample."""
 import numpy as np
 import pytest
 
+import strategies
+
 from bench.problems import problems
 from bench.well_posed import off_kinks, on_kink
 from strategies.problem import Layer, ModelSpec
@@ -30,7 +32,8 @@ def test_a_sample_on_a_kink_is_found_and_only_it_is_redrawn():
     X[2] = _on_the_kink(spec)
     assert on_kink(spec, X).tolist() == [False, False, True, False]
     rng = np.random.default_rng(2)
-    out = off_kinks(spec, {"X": X, "v": np.ones(3)}, lambda shape: rng.normal(size=shape), "t")
+    out = off_kinks(spec, "ggn_vp", {"X": X, "v": np.ones(3)},
+                    lambda shape: rng.normal(size=shape), "t")
     assert not on_kink(spec, out["X"]).any()
     assert np.array_equal(np.delete(out["X"], 2, axis=0), np.delete(X, 2, axis=0))
     assert not np.array_equal(out["X"][2], X[2])
@@ -41,10 +44,10 @@ def test_a_one_input_problem_is_redrawn_whole_and_a_hopeless_one_rejected():
     spec = _relu_net()
     x = _on_the_kink(spec)
     rng = np.random.default_rng(3)
-    out = off_kinks(spec, {"x": x}, lambda shape: rng.normal(size=shape), "t")
+    out = off_kinks(spec, "jacobian", {"x": x}, lambda shape: rng.normal(size=shape), "t")
     assert out["x"].shape == x.shape and not on_kink(spec, out["x"][None]).any()
     with pytest.raises(ValueError, match="ReLU kink"):
-        off_kinks(spec, {"x": x}, lambda shape: x.reshape(shape), "t")  # redraws the same
+        off_kinks(spec, "jacobian", {"x": x}, lambda shape: x.reshape(shape), "t")  # the same
 
 
 @pytest.mark.parametrize("ladder", ["test", "quick", "full"])
@@ -54,7 +57,7 @@ def test_built_in_problems_are_off_their_kinks(ladder):
         if not any(layer.kind == "relu" for layer in p.spec.layers):
             continue
         for key, x in p.data.items():
-            if key in ("x", "x1", "x2", "X", "X1", "X2"):
+            if key in strategies.quantity(p.quantity).views:
                 assert not on_kink(p.spec, x.reshape(-1, *p.spec.in_shape)).any(), (p, key)
                 checked += 1
     assert checked > 0
