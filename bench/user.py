@@ -87,9 +87,9 @@ def _shape_error(exc, X, in_shape) -> UserModelError:
 
 def _output_checks(y, B: int, outputs: int | None, is_array) -> int:
     if not is_array(y):
-        keys = f" with keys {', '.join(map(repr, y))}" if isinstance(y, dict) else \
-            f" of {len(y)}" if isinstance(y, (tuple, list)) else ""
-        raise UserModelError(f"the model returns a {type(y).__name__}{keys}, not one tensor: "
+        keys = f" (keys {', '.join(map(repr, y))})" if isinstance(y, dict) else \
+            f" ({len(y)} outputs)" if isinstance(y, (tuple, list)) else ""
+        raise UserModelError(f"the model returns a {type(y).__name__}, not one tensor{keys}: "
                              "pick one with output=KEY or INDEX (jacbench), or wrap it so "
                              "that forward returns a single tensor (e.g. the logits)")
     if len(y.shape) == 0 or y.shape[0] != B:
