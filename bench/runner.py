@@ -119,7 +119,7 @@ PROFILES = {p.name: p for p in [
             trim=_quick_trim, paired_s=1.0,
             about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
     Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
-            paired_s=10.0, about="the seeds' own sizes and beyond, careful timing"),
+            paired_s=10.0, about="the questions' own sizes and beyond, careful timing"),
     Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
             paired_s=0.05, trim=_test_trim,
             about="tiny problems, a smoke test of the whole pipeline in seconds"),
