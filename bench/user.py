@@ -78,6 +78,11 @@ class Facts:
 
 def _shape_error(exc, X, in_shape) -> UserModelError:
     first = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if isinstance(exc, TypeError) and "required positional argument" in str(exc):
+        return UserModelError(
+            f"the model takes more inputs than one: {(first[0] if first else '')[:200]}; "
+            "give them as a tuple, each with the batch first: jacbench.compare(model, (x, z)) "
+            "or jacbench.ntk(model, (x, z)); the command line's --model takes one input")
     return UserModelError(
         f"the model cannot take inputs of shape {tuple(X.shape)} (a batch of {X.shape[0]} "
         f"samples of shape {tuple(in_shape)}): {type(exc).__name__}: "

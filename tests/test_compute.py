@@ -153,6 +153,10 @@ def test_several_inputs_are_one_flat_vector_per_sample():
     K = jacbench.ntk(model, (x, z), mode="trace")
     assert K.shape == (5, 5)
     _check("ntk", model, ((x, z),), "trace", K, dtype="float64")
+    with pytest.raises(jacbench.UserModelError, match="more inputs than one.*as a tuple"):
+        jacbench.ntk(model, x)
+    with pytest.raises(jacbench.UserModelError, match="more inputs than one"):
+        jacbench.compare(model, x)
     with pytest.raises(jacbench.UserModelError, match="batch sizes"):
         jacbench.ntk(model, (x, z[:3]))
     with pytest.raises(jacbench.UserModelError, match=r"x2\[1\] has shape"):
