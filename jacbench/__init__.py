@@ -8,7 +8,7 @@
 
 The functions (jacobian, batch_jacobian, param_jacobian, jac_diag, hessian, batch_hessian,
 hessian_diag, hvp, jvp, vjp, ggn_vp, cross_jacobian, ntk) are in jacbench.functions,
-`prepare` in jacbench.compute, `best` in jacbench.best, models of several inputs or outputs
+`prepare` in jacbench.compute, `best` in jacbench.pick, models of several inputs or outputs
 in jacbench.models.
 
 `compare` runs every applicable registered strategy on your model through the suite's own
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from strategies.user_model import UserModelError  # noqa: E402  (re-exported)
 
-from .best import Pick, best
-from .compute import Prepared, compute, prepare
+from .pick import Pick, best
+from .compute import Prepared, prepare
 from .functions import (batch_hessian, batch_jacobian, cross_jacobian, ggn_vp, hessian,
                         hessian_diag, hvp, jac_diag, jacobian, jvp, ntk, param_jacobian, vjp)
 
 __all__ = ["Pick", "Prepared", "UserModelError", "batch_hessian", "batch_jacobian", "best",
-           "compare", "compute", "cross_jacobian", "ggn_vp", "hessian", "hessian_diag", "hvp",
+           "compare", "cross_jacobian", "ggn_vp", "hessian", "hessian_diag", "hvp",
            "jac_diag", "jacobian", "jvp", "ntk", "param_jacobian", "prepare", "vjp"]
 
 
