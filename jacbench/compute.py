@@ -34,8 +34,8 @@ AUTO = "auto"
 def threads_set(n: int | None):
     """torch's intra-op threads set to n for the block, then restored (None: unchanged).
 
-    Measured on a shared 2-core machine (README, "Compute a quantity"): a small NTK took
-    ~30x longer with torch's default threads than with one thread while other processes ran.
+    Measured on a shared 2-core machine under load (README, "Compute a quantity"): a small
+    NTK took 64-142 ms with torch's default 2 threads and 12-17 ms with one thread.
     XLA (JAX) fixes its threads at start-up, so this changes nothing for a JAX function."""
     if n is None:
         yield
@@ -212,7 +212,8 @@ def prepare(name: str, model, *args, mode: str | None = None, strategy: str = AU
     e.g. `jacbench.ntk`, for their order and shapes) with `strategy` ("auto", or a registered
     name: `python -m bench list`). Returns a `Prepared`: call it to compute.
 
-    device, dtype: default those of the first input (a torch tensor), else cpu and float32.
+    device, dtype: default the first input's device (cpu for numpy or JAX arrays) and dtype
+    (float32 unless it is float64).
     threads: torch's threads while preparing and during each call, restored after (None:
     torch's own setting). On a busy machine threads=1 is often much faster."""
     xs = models.parts(args[0]) if args else [None]

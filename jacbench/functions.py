@@ -7,7 +7,8 @@ fn(params, X) -> Y a JAX function), its inputs, and these keywords:
                      strategy; or a registered name (`python -m bench list`)
     output=None      a dict key or tuple index when the model returns several outputs
     threads=None     torch's threads during the call, restored after (None: unchanged)
-    device, dtype    default: those of the first input (cpu and float32 for numpy input)
+    device, dtype    default: the first input's device (cpu for numpy) and dtype (float32
+                     unless it is float64)
 A PyTorch model gives torch tensors, a JAX function JAX arrays. Outputs are flattened per
 sample (m numbers), inputs likewise (n numbers); a tuple of inputs is differentiated as one
 flat vector, the inputs' numbers in order (jacbench.models). P is the parameter count, in
