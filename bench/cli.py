@@ -227,6 +227,8 @@ def _cmd_run(args) -> int:
 
         jobs = args.jobs or default_jobs(args.threads or 1)
         print("\n".join(dry_run_lines(cases, PROFILES[args.profile], jobs)))
+        if args.model:
+            print("\n".join(_left_out(cases, args)))
         return 0
     summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
                     mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
@@ -262,14 +264,20 @@ def _model_cases(args):
                          args.mode, args.device, args.dtype or profile.dtype, args.seed, limits)
 
 
+def _left_out(cases, args) -> list[str]:
+    """The strategies of the other framework than the model's: one line each, not rows."""
+    from .user import check_names, left_out
+
+    _, names, fws, _ = check_names(args.quantity, args.strategy, args.framework, args.mode)
+    return left_out(list({id(c.problem): c.problem for c in cases}.values()), names, fws)
+
+
 def _model_verdict(cases, summary, args) -> int:
     """Problems the model could not run are named on stderr, one line each; exit status 2
     when no case could run at all (nothing ok or disagreeing)."""
-    from .user import blocked_reasons, check_names, left_out
+    from .user import blocked_reasons
 
-    _, names, fws, _ = check_names(args.quantity, args.strategy, args.framework, args.mode)
-    problems = list({id(c.problem): c.problem for c in cases}.values())
-    for line in left_out(problems, names, fws):  # one line, not a row per case
+    for line in _left_out(cases, args):  # one line, not a row per case
         print(line)
     reasons = blocked_reasons(cases)
     ran = summary.statuses.get("ok", 0) + summary.statuses.get("disagrees", 0)
