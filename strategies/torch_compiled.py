@@ -84,9 +84,9 @@ def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DY
         call.notes = notes
         return call
 
-    prepare.__doc__ = (f"torch.compile ({BACKEND}, mode {mode}) of {name}: {eager.idea} "
-                       f"Compiled cost: the same work without per-op Python dispatch, after a "
-                       f"first call that compiles (seconds to minutes).")
+    prepare.__doc__ = (f"torch.compile ({BACKEND}, mode {mode}) of {name}, the same idea. Cost: "
+                       f"{name}'s work without per-op Python dispatch, after a first call that "
+                       f"compiles (seconds to minutes).")
     twin = name + SUFFIX
     register(quantity, twin, exact=eager.exact, applies=eager.applies, tags={TAG},
              **eager.options)(prepare)

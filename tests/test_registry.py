@@ -19,6 +19,8 @@ def test_each_quantity_has_enough_exact_torch_strategies(quantity):
 
 def test_every_strategy_is_documented_and_checked_somewhere():
     checked = {(c.values[0].quantity, c.values[0].name) for c in cases(exact=None)}
+    # the compiled twins: each on one test problem in test_compiled.py
+    checked |= {(s.quantity, s.name) for s in strategies.strategies(compiled=True)}
     for s in strategies.strategies():
         assert 10 < len(s.idea) < 400, f"{s.name}: the docstring states idea and cost briefly"
         if s.framework == "torch":
