@@ -2,10 +2,11 @@
 
 The estimate is a sum over cases of what each costs beyond its timed calls, by kind, plus the
 profile's timing budget per case and its paired timing per problem, shared by the jobs. The
-costs per kind are rough figures from this suite's sweeps on a shared 2-core machine (a forked
-child, the reference and the first call: eager torch ~0.5 s; jitted JAX ~1.2 s, it compiles;
-eager JAX ~2.5 s, it traces op by op; torch.compile ~30 s); they put the quick profile at about
-12 minutes with 2 jobs, as measured. A case that hits its time limit costs up to that limit.
+costs per kind are rough: JAX's from the first-call times the README states (jit 0.7-1 s,
+eager op by op 2-3 s, in a fresh process per case), torch.compile's from its 6-90 s compiles,
+eager torch's (a fork, the reference, the first call) chosen so that the quick profile comes
+to about 13 minutes with 2 jobs, within the README's 10-15. Not measured per case: a case that
+hits its time limit costs up to that limit, and a loaded machine is slower.
 """
 from __future__ import annotations
 
