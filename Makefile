@@ -34,8 +34,8 @@ test: $(STAMP)
 RESULTS    ?= results/results.jsonl
 BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m bench run --profile quick --device cpu --results $(RESULTS) $(BENCH_ARGS)
-	$(PY) -m bench report $(RESULTS) --out reports/out/index.html
+	$(PY) -m jacbench run --profile quick --device cpu --results $(RESULTS) $(BENCH_ARGS)
+	$(PY) -m jacbench report $(RESULTS) --out reports/out/index.html
 
 # pytest-benchmark over the asv suites' cases (tests/test_pybench.py), one group per quantity;
 # `make test` runs the same file with benchmarking off. JSON goes to .benchmarks/ (autosave).
@@ -74,7 +74,7 @@ asv: asv-machine
 
 # The last N commits of HEAD, each from its own git worktree (bench/asv_history.py).
 asv-history: asv-machine
-	$(PY) -m bench.asv_history -n $(N) --machine $(ASV_MACHINE) -- $(ASV_ARGS)
+	$(PY) -m jacbench.bench.asv_history -n $(N) --machine $(ASV_MACHINE) -- $(ASV_ARGS)
 
 # The benchmarks that changed by more than FACTOR from A to B (+ worse, - better); both commits
 # need results (make asv / make asv-history).

@@ -10,7 +10,7 @@ current checkout's bench/asv_suites, as in asv's own model; it skips the strateg
 an older commit lacks. The dependencies are this environment's, so a graph's steps come from the
 project's code, not from library upgrades.
 
-    python -m bench.asv_history [-n N] [--machine NAME] [REV ...] [-- ASV-RUN-ARGS ...]
+    python -m jacbench.asv_history [-n N] [--machine NAME] [REV ...] [-- ASV-RUN-ARGS ...]
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, asv_args = argv[:cut], argv[cut + 1:]
-    ap = argparse.ArgumentParser(prog="python -m bench.asv_history", description=__doc__.split(
+    ap = argparse.ArgumentParser(prog="python -m jacbench.asv_history", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("revs", nargs="*", help="commits to run (default: the last N of HEAD)")
     ap.add_argument("-n", type=int, default=5, help="how many commits back from HEAD (default 5)")

@@ -7,7 +7,7 @@ then one where strategy vjp/torch.autograd_grad does its whole computation ten t
 slowed strategy and an untouched one. `asv compare --only-changed --no-stats --factor 3` must
 list the slowed one as worse and must not list the untouched one.
 
-    python -m bench.asv_regression_demo [--keep]      # exit status 0 when the slowdown is caught
+    python -m jacbench.asv_regression_demo [--keep]      # exit status 0 when the slowdown is caught
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.asv_history import git, history
+from jacbench.bench.asv_history import git, history
 
 QUANTITY, SLOWED, CONTROL = "vjp", "torch.autograd_grad", "torch.func_vjp"
 REDO = 10  # the slowed strategy computes its result this many times per call
@@ -120,7 +120,7 @@ def run(workdir: Path, src: Path) -> Outcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.asv_regression_demo",
+    ap = argparse.ArgumentParser(prog="python -m jacbench.asv_regression_demo",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep", action="store_true", help="keep the throwaway repository")
     args = ap.parse_args(argv)

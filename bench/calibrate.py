@@ -1,6 +1,6 @@
 """Fit `torch.auto`'s cost model to a results file and say how well it would pick.
 
-    python -m bench calibrate RESULTS.jsonl [--out strategies/auto_calibration.json]
+    python -m jacbench calibrate RESULTS.jsonl [--out strategies/auto_calibration.json]
 
 Rows used: one row per case (`best_rows`: the fastest of its ok runs), device cpu, dtype
 float32, exact PyTorch strategies other than auto, on built-in problem families (rebuilt from
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from strategies import cost_model
-from strategies.problem import Problem
+from jacbench.strategies import cost_model
+from jacbench.strategies.problem import Problem
 
 from . import store
 from .problems import FAMILIES, make
@@ -110,7 +110,7 @@ def collect(rows: list[dict]) -> tuple[list[cost_model.Observation], dict[tuple,
 def pick_cases(obs, measured, ridge: float = RIDGE, hold_out: str | None = None) -> list[dict]:
     """The offline pick at every measured problem; `hold_out` None (in-sample), "problem" or
     "family": the models for a problem are fitted without its problem's (family's) rows."""
-    from strategies.torch_auto import candidates
+    from jacbench.strategies.torch_auto import candidates
 
     fitted = {} if hold_out else {None: cost_model.fit(obs, ridge)}
     out = []
@@ -159,7 +159,7 @@ def calibrate(results, out: Path | None = None, ridge: float = RIDGE) -> tuple[d
     calibration = {
         "about": "torch.auto's cost model (strategies/cost_model.py): per key (quantity, "
                  "ntk[mode]) and strategy, log time = const + sum exponent * log feature; "
-                 "written by `python -m bench calibrate`",
+                 "written by `python -m jacbench calibrate`",
         "features": {"n": "inputs per sample", "m": "outputs per sample",
                      "B": "samples (B1 + B2 for the NTK, N for jac_diag on scalars)",
                      "P": "parameters", "W": "multiply-adds of one sample's forward pass"},

@@ -1,4 +1,4 @@
-"""`python -m bench` / `jacbench`: list what the suite holds, run a sweep, build the report.
+"""`python -m jacbench` / `jacbench`: list what the suite holds, run a sweep, build the report.
 
     jacbench list [--quantity Q] [--framework F]
     jacbench run [--profile quick|full|test] [--quantity Q] [--strategy S] [--problem FAMILY]
@@ -134,8 +134,8 @@ def _parser() -> _Parser:
 
 
 def _cmd_list(args) -> int:
-    import strategies
-    from strategies.registry import FRAMEWORKS, unknown
+    from jacbench import strategies
+    from jacbench.strategies.registry import FRAMEWORKS, unknown
 
     from .problems import FAMILIES
 
@@ -291,7 +291,7 @@ def _cmd_report(args) -> int:
 
     check(args.results)
     try:
-        from reports.build import build_report
+        from jacbench.reports.build import build_report
     except ImportError as exc:
         print(f"jacbench report: no report builder: reports.build.build_report cannot be "
               f"imported ({exc})", file=sys.stderr)
@@ -303,7 +303,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from strategies.cost_model import CALIBRATION
+    from jacbench.strategies.cost_model import CALIBRATION
 
     from .calibrate import calibrate
 
@@ -315,7 +315,7 @@ def _cmd_calibrate(args) -> int:
     except ValueError as exc:
         raise _Usage(f"jacbench calibrate: {exc}") from None
     print("\n".join(lines))
-    from reports.auto import hit_rate  # measured: the torch.auto rows already in the results
+    from jacbench.reports.auto import hit_rate  # measured: the torch.auto rows already in the results
 
     from .store import load
 
@@ -328,7 +328,7 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from reports.compare import compare_lines
+    from jacbench.reports.compare import compare_lines
 
     from .store import load
 
@@ -342,8 +342,8 @@ def _cmd_compare(args) -> int:
 
 
 def main(argv=None) -> int:
-    from strategies.registry import UnknownName
-    from strategies.user_model import UserModelError
+    from jacbench.strategies.registry import UnknownName
+    from jacbench.strategies.user_model import UserModelError
 
     from .runner import BadInput
     from .store import BadResults

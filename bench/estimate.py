@@ -1,4 +1,4 @@
-"""`python -m bench run --dry-run`: the cases a run would make, and about how long it takes.
+"""`python -m jacbench run --dry-run`: the cases a run would make, and about how long it takes.
 
 The estimate is a sum over cases of what each costs beyond its timed calls, by kind, plus the
 profile's timing budget per case and its paired timing per problem, shared by the jobs. The

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from strategies.agreement import ShapeMismatch, max_error, to_numpy, tolerance
-from strategies.problem import Problem
-from strategies.quantities import quantity
-from strategies.registry import Strategy
-from strategies.torch_model import torch_view
-from strategies.user_model import is_user
+from jacbench.strategies.agreement import ShapeMismatch, max_error, to_numpy, tolerance
+from jacbench.strategies.problem import Problem
+from jacbench.strategies.quantities import quantity
+from jacbench.strategies.registry import Strategy
+from jacbench.strategies.torch_model import torch_view
+from jacbench.strategies.user_model import is_user
 
 
 @dataclass(frozen=True)
@@ -366,7 +366,7 @@ def forward_callable(problem: Problem, device: str, dtype: str, kind: str | None
         with torch.no_grad():
             return tuple(f(x) for f, x in calls)
     if kind == "torch compiled":  # what a compiled twin is compared with (torch_compiled)
-        from strategies.torch_compiled import BACKEND, DYNAMIC, MODE
+        from jacbench.strategies.torch_compiled import BACKEND, DYNAMIC, MODE
 
         return torch.compile(run, backend=BACKEND, mode=MODE, dynamic=DYNAMIC)
     return run
@@ -375,7 +375,7 @@ def forward_callable(problem: Problem, device: str, dtype: str, kind: str | None
 def _jax_forward_callable(problem: Problem, device: str, dtype: str, jit: bool = True):
     import jax
 
-    from strategies.jax_model import jax_device, jax_view, scope
+    from jacbench.strategies.jax_model import jax_device, jax_view, scope
 
     dev = jax_device(device)
     v = jax_view(problem, dev, dtype)

@@ -12,10 +12,10 @@ from typing import Callable
 
 import numpy as np
 
-from strategies.problem import Layer, ModelSpec, Problem
-from strategies.quantities import QUANTITIES, Dims, Draw
-from strategies.quantities import quantity as definition
-from strategies.registry import unknown
+from jacbench.strategies.problem import Layer, ModelSpec, Problem
+from jacbench.strategies.quantities import QUANTITIES, Dims, Draw
+from jacbench.strategies.quantities import quantity as definition
+from jacbench.strategies.registry import unknown
 
 from .well_posed import off_kinks
 

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-import strategies
-from strategies.problem import Problem
-from strategies.quantities import NTK_MODES
-from strategies.registry import FRAMEWORKS, Strategy, unknown
-from strategies.user_model import is_user, prebuild, reference_fits
+from jacbench import strategies
+from jacbench.strategies.problem import Problem
+from jacbench.strategies.quantities import NTK_MODES
+from jacbench.strategies.registry import FRAMEWORKS, Strategy, unknown
+from jacbench.strategies.user_model import is_user, prebuild, reference_fits
 
 from . import harness, jax_cache, side_by_side, store
 from .harness import Timing
@@ -266,7 +266,7 @@ def select_cases(profile: Profile | str = "quick", quantities=None, strategy_nam
     if not cases:
         raise BadInput("no registered strategy matches: quantity "
                        f"{','.join(quantities) or 'any'}, strategy {','.join(names) or 'any'}, "
-                       f"framework {','.join(fws) or 'any'}; see `python -m bench list`")
+                       f"framework {','.join(fws) or 'any'}; see `python -m jacbench list`")
     return cases
 
 

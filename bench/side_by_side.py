@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import time
 
-from strategies.problem import Problem
-from strategies.registry import Strategy
+from jacbench.strategies.problem import Problem
+from jacbench.strategies.registry import Strategy
 
 from .harness import force, forward_callable, forward_kind, one_line, start_backend
 from .paired import Rounds, run_rounds, summarize

@@ -125,7 +125,7 @@ def check(path, must_exist: bool = True) -> None:
     `load`, as after a crash). A path that does not exist is fine unless `must_exist` (a
     sweep starts a new file there)."""
     path = Path(path)
-    made = "make one with `python -m bench run`"
+    made = "make one with `python -m jacbench run`"
     if not path.exists():
         if must_exist:
             raise BadResults(f"results file {str(path)!r} does not exist; {made}")
@@ -149,12 +149,12 @@ def check(path, must_exist: bool = True) -> None:
         text = first[:60].decode(errors="replace").strip()
         raise BadResults(f"{str(path)!r} is not a jacbench results file: its first line is not "
                          f"JSON ({text!r}{'...' if len(first) > 60 else ''}); results are JSON "
-                         f"Lines written by `python -m bench run`") from None
+                         f"Lines written by `python -m jacbench run`") from None
     missing = [c for c in REQUIRED if not isinstance(row, dict) or c not in row]
     if missing:
         raise BadResults(f"{str(path)!r} is not a jacbench results file: its first row has no "
                          f"{', '.join(missing)} (a jacbench row has {', '.join(REQUIRED)}, "
-                         "...); give a file written by `python -m bench run`")
+                         "...); give a file written by `python -m jacbench run`")
 
 
 def load(path=DEFAULT_PATH, latest: bool = True) -> pd.DataFrame:

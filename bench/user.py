@@ -1,6 +1,6 @@
 """Benchmark your own model: problems and cases from a network the suite has never seen.
 
-    python -m bench run --model mypkg.models:make_net --input-shape 3,32,32 --batch 8,32,128
+    python -m jacbench run --model mypkg.models:make_net --input-shape 3,32,32 --batch 8,32,128
     jacbench.compare(model, x, quantities=["ntk", "param_jacobian"])
 
 Both end in `bench.runner.sweep`, the same runner, isolation, harness and store as the suite's
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import strategies
-from strategies.problem import Problem
-from strategies.quantities import QUANTITIES, Dims, Draw
-from strategies.user_model import (UserModel, UserModelError, call_factory, kind_of,
+from jacbench import strategies
+from jacbench.strategies.problem import Problem
+from jacbench.strategies.quantities import QUANTITIES, Dims, Draw
+from jacbench.strategies.user_model import (UserModel, UserModelError, call_factory, kind_of,
                                    load_factory, weights_digest)
 
 # What `--model` runs when no --quantity is given: the per-sample quantities a researcher asks
@@ -200,7 +200,7 @@ def _inspect_jax(pair, X: np.ndarray, dtype: str, outputs, inputs_text) -> Facts
     import jax
     import jax.numpy as jnp
 
-    from strategies.jax_model import jax_device, scope
+    from jacbench.strategies.jax_model import jax_device, scope
 
     fn, params = pair
     digest = weights_digest(pair)
@@ -347,7 +347,7 @@ def _other_framework(problem: Problem, s, names) -> str | None:
     """Why a strategy of another framework than the model's is left out (a PyTorch model
     has no JAX rows: one line says why, not a row per case); None to keep it. A strategy
     named with --strategy is kept, and its row says why it does not apply."""
-    from strategies.applicability import model_framework
+    from jacbench.strategies.applicability import model_framework
 
     return None if names and s.name in names else model_framework(problem, s.framework)
 
@@ -383,7 +383,7 @@ def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> l
         raise BadInput("no registered strategy matches: quantity "
                        f"{','.join(sorted({p.quantity for p in problems}))}, strategy "
                        f"{','.join(names) or 'any'}, framework {','.join(fws) or 'any'}"
-                       f"{f' ({why})' if why else ''}; see `python -m bench list`")
+                       f"{f' ({why})' if why else ''}; see `python -m jacbench list`")
     return cases
 
 

@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from strategies.problem import ModelSpec
-from strategies.quantities import quantity as quantity_named
-from strategies.torch_model import build_module
+from jacbench.strategies.problem import ModelSpec
+from jacbench.strategies.quantities import quantity as quantity_named
+from jacbench.strategies.torch_model import build_module
 
 NON_SMOOTH = ("relu",)
 MARGIN = 2.0

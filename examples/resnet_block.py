@@ -1,11 +1,11 @@
-"""A small ResNet-style network for `python -m bench run --model` and `jacbench.compare`.
+"""A small ResNet-style network for `python -m jacbench run --model` and `jacbench.compare`.
 
 A stem (conv, batch norm, in-place ReLU), one basic residual block (two conv-BN pairs with an
 identity shortcut), global average pooling and a linear head. Batch norm carries non-trivial
 running statistics, as a trained network's would, and the suite runs it in eval mode with
 those statistics as given. Any image size works (the pooling is adaptive).
 
-    python -m bench run --model examples.resnet_block:make_net --input-shape 3,16,16 \\
+    python -m jacbench run --model examples.resnet_block:make_net --input-shape 3,16,16 \\
         --batch 4,16 --outputs 10
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""A small transformer encoder for `python -m bench run --model` and `jacbench.compare`.
+"""A small transformer encoder for `python -m jacbench run --model` and `jacbench.compare`.
 
 A linear embedding of each token's features, one nn.TransformerEncoderLayer (multi-head
 self-attention, feed-forward, LayerNorm, dropout), a final LayerNorm, mean pooling over the
 sequence and a linear head. Dropout is inactive: the suite runs the model in eval mode. One
 sample is a sequence of shape (tokens, features); samples do not interact (batch_first).
 
-    python -m bench run --model examples.transformer_layer:make_net --input-shape 6,8 \\
+    python -m jacbench run --model examples.transformer_layer:make_net --input-shape 6,8 \\
         --batch 4,16 --outputs 4
 """
 from __future__ import annotations

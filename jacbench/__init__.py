@@ -18,13 +18,24 @@ strategies) and returns the rows as a pandas DataFrame, one per case.
 """
 from __future__ import annotations
 
+from pathlib import Path as _Path
+
+# The suite's packages are the source tree's fixed top-level folders strategies/, bench/ and
+# reports/. Installed, they are jacbench.strategies, jacbench.bench and jacbench.reports
+# (pyproject.toml's package-dir), so jacbench is the only top-level name; run from a source
+# tree (make, tests), the tree's root is searched for them under the same names.
+_ROOT = _Path(__file__).resolve().parent.parent
+if (_ROOT / "strategies" / "registry.py").is_file() and \
+        not (_Path(__file__).parent / "strategies").is_dir():
+    __path__.append(str(_ROOT))  # noqa: F821 - a package's __path__
+
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from strategies.user_model import UserModelError  # noqa: E402  (re-exported)
+from jacbench.strategies.user_model import UserModelError  # noqa: E402  (re-exported)
 
 from .pick import Pick, best
 from .compute import Prepared, prepare
@@ -68,7 +79,7 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     results: the JSON Lines file the rows are appended to (default: a temporary folder,
         removed before returning).
     profile, timeout_s, mem_cap_gb, threads: timing profile and per-case limits, as for
-        `python -m bench run`.
+        `python -m jacbench run`.
     isolate: run each case in a forked child (time limit, memory cap, crash containment), or
         here. Default: forked, unless this process has CUDA initialised or the model is a JAX
         function. Forked children may use only one thread (this process has already used
@@ -80,10 +91,10 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     `df.attrs["left_out"]` says so in one line each. Raises UserModelError (a
     ValueError) with one line that says what is wrong when the model or x cannot be used.
     """
-    from bench import store
-    from bench.runner import BadInput, Progress, check_device, sweep
-    from bench.user import cases_for, check_names, inspect_model, left_out, problems_for
-    from strategies.user_model import UserModel, kind_of
+    from jacbench.bench import store
+    from jacbench.bench.runner import BadInput, Progress, check_device, sweep
+    from jacbench.bench.user import cases_for, check_names, inspect_model, left_out, problems_for
+    from jacbench.strategies.user_model import UserModel, kind_of
 
     check_device(device)
     if dtype not in ("float32", "float64"):
@@ -102,7 +113,7 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     if isolate and threads != 1:
         raise BadInput("threads > 1 needs isolate=False: forked cases cannot use more than "
                        "one thread after this process has run torch; or use the command line "
-                       "(python -m bench run --model ... --threads N)")
+                       "(python -m jacbench run --model ... --threads N)")
     B = X.shape[0]
     facts = inspect_model(obj, X, dtype, None, f"the batch x of shape {X.shape}")
     spec = UserModel(name or models.name(obj),
@@ -130,7 +141,7 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     # Strategies of the other framework are not rows: one line each says why.
     df.attrs["left_out"] = left_out(probs, names, fws)
     if report:
-        from reports.build import build_report
+        from jacbench.reports.build import build_report
 
         build_report(df, report)
     return df

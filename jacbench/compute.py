@@ -21,9 +21,9 @@ import dataclasses
 
 import numpy as np
 
-import strategies
-from strategies.quantities import QUANTITIES, Dims, quantity
-from strategies.user_model import UserModel, UserModelError, kind_of
+from jacbench import strategies
+from jacbench.strategies.quantities import QUANTITIES, Dims, quantity
+from jacbench.strategies.user_model import UserModel, UserModelError, kind_of
 
 from . import models
 
@@ -122,7 +122,7 @@ def problem(name: str, model, *args, mode: str | None = None, output=None,
             dtype: str = "float32"):
     """The suite's Problem for quantity `name` on `model` at the given inputs: what every
     strategy prepares. Raises UserModelError (one line) for what cannot be used."""
-    from bench.user import inspect_model, problems_for
+    from jacbench.bench.user import inspect_model, problems_for
 
     Q = quantity(name)
     keys, directions = _arguments(Q)
@@ -193,8 +193,8 @@ def _sample(x, shapes, what: str, first: str) -> np.ndarray:
 def _auto(p) -> str:
     """torch.auto for a PyTorch model; for a JAX function, the first exact JAX strategy that
     applies, jitted ones first, in the cost model's order (strategies.cost_model.rank)."""
-    from strategies import cost_model
-    from strategies.torch_auto import AUTO as TORCH_AUTO
+    from jacbench.strategies import cost_model
+    from jacbench.strategies.torch_auto import AUTO as TORCH_AUTO
 
     if p.spec.framework == "torch":
         return TORCH_AUTO
@@ -210,7 +210,7 @@ def prepare(name: str, model, *args, mode: str | None = None, strategy: str = AU
             output=None, threads: int | None = None, device=None, dtype=None) -> Prepared:
     """Prepare quantity `name` on `model` at the inputs `args` (see the quantity's function,
     e.g. `jacbench.ntk`, for their order and shapes) with `strategy` ("auto", or a registered
-    name: `python -m bench list`). Returns a `Prepared`: call it to compute.
+    name: `python -m jacbench list`). Returns a `Prepared`: call it to compute.
 
     device, dtype: default the first input's device (cpu for numpy or JAX arrays) and dtype
     (float32 unless it is float64).
@@ -218,7 +218,7 @@ def prepare(name: str, model, *args, mode: str | None = None, strategy: str = AU
     torch's own setting). On a busy machine threads=1 is often much faster."""
     xs = models.parts(args[0]) if args else [None]
     dtype, device = _dtype(xs, dtype), _device(xs, device)
-    from bench.runner import check_device
+    from jacbench.bench.runner import check_device
 
     check_device(device)
     p = problem(name, model, *args, mode=mode, output=output, dtype=dtype)

@@ -4,7 +4,7 @@ Every function takes the model (an nn.Module taking a batch, or a pair (fn, para
 fn(params, X) -> Y a JAX function), its inputs, and these keywords:
     strategy="auto"  torch.auto's pick for a PyTorch model (a cost model fitted to this suite's
                      measurements); for a JAX function the first applicable jitted JAX
-                     strategy; or a registered name (`python -m bench list`)
+                     strategy; or a registered name (`python -m jacbench list`)
     output=None      a dict key or tuple index when the model returns several outputs
     threads=None     torch's threads during the call, restored after (None: unchanged)
     device, dtype    default: the first input's device (cpu for numpy) and dtype (float32

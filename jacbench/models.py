@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from strategies.user_model import UserModelError
+from jacbench.strategies.user_model import UserModelError
 
 
 def parts(x) -> list:

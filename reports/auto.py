@@ -106,7 +106,7 @@ def hit_rate(df: pd.DataFrame, versus: str = "torch") -> tuple[HitRate, pd.DataF
 
 
 def main(argv=None) -> int:
-    from bench import store
+    from jacbench.bench import store
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

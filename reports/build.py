@@ -1,6 +1,6 @@
 """Build the self-contained HTML comparison report from a results file or DataFrame.
 
-    from reports.build import build_report
+    from jacbench.reports.build import build_report
     build_report("results/results.jsonl", "reports/out/index.html")
 
 One HTML file: figures are base64 PNGs, the sorting and filtering script is inline, nothing is
@@ -17,7 +17,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench import store
+from jacbench.bench import store
 
 from . import auto as A
 from . import compiled as C

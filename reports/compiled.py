@@ -11,7 +11,7 @@ import re
 
 import pandas as pd
 
-from strategies.torch_compiled import SUFFIX
+from jacbench.strategies.torch_compiled import SUFFIX
 
 _BREAKS = re.compile(r"(\d+) graph break\(s\)")
 _CACHE = re.compile(r"inductor cache ([^;]+)")

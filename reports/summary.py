@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import store
+from jacbench.bench import store
 
 # FAILED are failures to produce a timed answer; `disagrees` produced a wrong one;
 # `not_applicable` was never attempted, by design.

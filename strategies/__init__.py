@@ -1,9 +1,14 @@
 """jacbench strategies: a registry of interchangeable ways to compute Jacobian-family quantities.
 
-    >>> import strategies
+    >>> from jacbench import strategies
     >>> s = strategies.get("jacobian", "torch.jacrev")
     >>> s.idea, s.exact, s.framework
 """
+
+if __name__ != "jacbench.strategies":
+    raise ImportError("jacbench's packages are imported as jacbench.strategies, jacbench.bench "
+                      "and jacbench.reports (`from jacbench import strategies`); the command line "
+                      "is `jacbench` or `python -m jacbench`")
 import importlib
 
 from .agreement import max_error, tolerance

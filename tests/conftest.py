@@ -7,9 +7,9 @@ import functools
 import numpy as np
 import pytest
 
-import strategies
-from bench.problems import problems
-from strategies.agreement import max_error, tolerance
+from jacbench import strategies
+from jacbench.bench.problems import problems
+from jacbench.strategies.agreement import max_error, tolerance
 
 
 @functools.lru_cache(maxsize=None)

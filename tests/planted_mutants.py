@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import strategies
-from strategies.registry import Strategy, add, always
+from jacbench import strategies
+from jacbench.strategies.registry import Strategy, add, always
 
 PERTURB = {
     "torch.mutant_zeros": np.zeros_like,

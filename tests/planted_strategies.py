@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-import strategies
-from strategies.registry import Strategy, add, always
+from jacbench import strategies
+from jacbench.strategies.registry import Strategy, add, always
 
 
 def _zeros(problem):

@@ -3,10 +3,10 @@ problem, in float64 and in float32; approximate ones converge as their sample co
 import numpy as np
 import pytest
 
-import strategies
-from bench.problems import problems
+from jacbench import strategies
+from jacbench.bench.problems import problems
 from conftest import assert_agrees, cases, reference_for
-from strategies.agreement import convergence
+from jacbench.strategies.agreement import convergence
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import asv_regression_demo as demo
+from jacbench.bench import asv_regression_demo as demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

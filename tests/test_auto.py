@@ -10,16 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import strategies
-from bench import store
-from bench.calibrate import calibrate
-from bench.harness import Timing, run_case
-from bench.problems import problems
+from jacbench import strategies
+from jacbench.bench import store
+from jacbench.bench.calibrate import calibrate
+from jacbench.bench.harness import Timing, run_case
+from jacbench.bench.problems import problems
 from conftest import assert_agrees, cases, reference_for, test_problem
-from reports import auto as A
-from strategies import cost_model
-from strategies.cost_model import FEATURES, Observation, features, fit, fit_loglinear, rank
-from strategies.torch_auto import AUTO, candidates, prepare_auto
+from jacbench.reports import auto as A
+from jacbench.strategies import cost_model
+from jacbench.strategies.cost_model import FEATURES, Observation, features, fit, fit_loglinear, rank
+from jacbench.strategies.torch_auto import AUTO, candidates, prepare_auto
 
 FAST = Timing(max_run_time=0.01, min_run_time=0.001)
 
@@ -216,7 +216,7 @@ def test_hit_rate_against_torch_and_against_every_framework():
 
 
 def test_report_shows_the_hit_rate_and_the_misses(tmp_path):
-    from reports.build import build_report
+    from jacbench.reports.build import build_report
 
     html = build_report(_rows(), tmp_path / "r.html").read_text()
     assert 'id="auto"' in html and "33.3%</b> (1 of 3" in html
@@ -261,7 +261,7 @@ def test_calibrate_recovers_costs_written_as_rows_and_picks_the_fastest(tmp_path
 
 
 def test_calibrate_command_writes_the_file_and_prints_the_hit_rates(tmp_path, capsys):
-    from bench.cli import main
+    from jacbench.bench.cli import main
 
     results, out = tmp_path / "results.jsonl", tmp_path / "cal.json"
     _law_rows(results)

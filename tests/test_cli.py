@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import store
-from bench.cli import main
-from bench.runner import Progress, select_cases
+from jacbench.bench import store
+from jacbench.bench.cli import main
+from jacbench.bench.runner import Progress, select_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command(args, planted=True):
     code = ("import sys; " + ("import planted_strategies; " if planted else "")
-            + "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
+            + "from jacbench.bench.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     return [sys.executable, "-c", code, *map(str, args)], env
 
@@ -211,9 +211,9 @@ def _results_file(tmp_path):
 
 def test_report_hands_the_results_to_the_builder(tmp_path, monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("reports.build")
+    fake = types.ModuleType("jacbench.reports.build")
     fake.build_report = lambda results, out, workers=1: calls.append((results, out)) or out
-    monkeypatch.setitem(sys.modules, "reports.build", fake)
+    monkeypatch.setitem(sys.modules, "jacbench.reports.build", fake)
     results, out = _results_file(tmp_path), tmp_path / "out" / "index.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     assert calls == [(results, out)] and out.parent.is_dir()
@@ -221,7 +221,7 @@ def test_report_hands_the_results_to_the_builder(tmp_path, monkeypatch, capsys):
 
 
 def test_report_without_a_builder_says_so_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "reports.build", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "jacbench.reports.build", None)  # makes the import fail
     assert main(["report", str(_results_file(tmp_path))]) == 1
     err = capsys.readouterr().err
     assert err.startswith("jacbench report: no report builder") and err.count("\n") == 1
@@ -252,7 +252,7 @@ def test_progress_on_a_terminal_is_a_bar_naming_the_current_case():
 
 
 def test_quick_trims_jax_but_not_named_strategies_or_full():
-    from bench.runner import select_cases
+    from jacbench.bench.runner import select_cases
 
     def sizes(cases, name):
         return sorted(c.problem.size_param for c in cases if c.strategy.name == name
@@ -278,7 +278,7 @@ def test_planted_wrong_results_on_the_quick_seeds_all_disagree(tmp_path):
     own workload (J(x1) J(x2)^T of about 3e-5, where the old rule passed zeros) and seed 000's
     J^T J v (entries up to 6805), through the command line."""
     results = tmp_path / "r.jsonl"
-    code = ("import sys; import planted_mutants; from bench.cli import main; "
+    code = ("import sys; import planted_mutants; from jacbench.bench.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     args = ["run", "--profile", "quick", "--problem", "seed001_sqrt,seed000_mlp",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench import cli, store
-from reports.compare import compare_lines, paired, repeatability
+from jacbench.bench import cli, store
+from jacbench.reports.compare import compare_lines, paired, repeatability
 from test_store import _row
 
 
@@ -71,7 +71,7 @@ def _problem_rows(path, medians: dict[str, float], tied=(), problem="p@n=1"):
 
 
 def test_verdicts_compare_ratios_to_the_fastest_and_the_fastest_itself(tmp_path):
-    from reports.compare import verdicts
+    from jacbench.reports.compare import verdicts
 
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     # Problem 1: the host ran 2x slower in b, ratios unchanged; same fastest.

@@ -4,18 +4,18 @@ compile failure or a wrong compiled result is caught as for any other strategy."
 import pytest
 import torch
 
-import strategies
-from bench.harness import run_case
+from jacbench import strategies
+from jacbench.bench.harness import run_case
 from conftest import assert_agrees, reference_for, tolerance_for
-from strategies.registry import Strategy, add, always, remove
-from strategies.torch_compiled import SUFFIX, TWINS, compiled_twin
+from jacbench.strategies.registry import Strategy, add, always, remove
+from jacbench.strategies.torch_compiled import SUFFIX, TWINS, compiled_twin
 
-FAST = __import__("bench.harness", fromlist=["Timing"]).Timing(max_run_time=0.01,
+FAST = __import__("jacbench.bench.harness", fromlist=["Timing"]).Timing(max_run_time=0.01,
                                                                 min_run_time=0.001)
 
 
 def _one_problem(strategy):
-    from bench.problems import problems
+    from jacbench.bench.problems import problems
 
     return next(p for p in problems(strategy.quantity, "test")
                 if strategy.not_applicable(p) is None and p.mode in (None, "full"))
@@ -83,8 +83,8 @@ def test_a_wrong_or_failing_compiled_twin_is_a_row_not_a_pass(planted, status, s
 
 
 def test_auto_never_picks_a_compiled_twin():
-    from strategies.torch_auto import candidates
+    from jacbench.strategies.torch_auto import candidates
 
     for q in TWINS:
-        for p in __import__("bench.problems", fromlist=["problems"]).problems(q, "test"):
+        for p in __import__("jacbench.bench.problems", fromlist=["problems"]).problems(q, "test"):
             assert all("compiled" not in s.tags for s in candidates(p))

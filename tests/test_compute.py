@@ -17,8 +17,8 @@ from torch.func import functional_call, jacrev, vmap
 
 import jacbench
 from jacbench.compute import problem
-from strategies.agreement import max_error, tolerance
-from strategies.quantities import noise_floor, reference
+from jacbench.strategies.agreement import max_error, tolerance
+from jacbench.strategies.quantities import noise_floor, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,7 +268,7 @@ def test_best_asks_which_quantity_and_uses_the_largest_size():
 JAX_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 import jacbench
-from strategies.agreement import max_error
+from jacbench.strategies.agreement import max_error
 rng = np.random.default_rng(0)
 params = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
 def f(p, x):

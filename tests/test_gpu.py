@@ -17,8 +17,8 @@ def test_exact_torch_strategy_agrees_on_cuda(strategy, problem):
 
 
 def test_results_live_on_the_gpu():
-    import strategies
-    from bench.problems import problems
+    from jacbench import strategies
+    from jacbench.bench.problems import problems
 
     p = problems("jacobian", "test")[0]
     out = strategies.get("jacobian", "torch.jacrev").prepare(p, "cuda", "float32")()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import strategies
-from bench import harness
-from bench.harness import PeakMemory, Timing, classify, force, measure, one_line, run_case
-from bench.isolation import Child, Limits, exclusive, run_isolated
+from jacbench import strategies
+from jacbench.bench import harness
+from jacbench.bench.harness import PeakMemory, Timing, classify, force, measure, one_line, run_case
+from jacbench.bench.isolation import Child, Limits, exclusive, run_isolated
 from conftest import reference_for, test_problem
-from strategies.registry import Strategy, always
+from jacbench.strategies.registry import Strategy, always
 
 FAST = Timing(max_run_time=0.02, min_run_time=0.002)
 

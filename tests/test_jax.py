@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import strategies
-from bench.problems import problems
+from jacbench import strategies
+from jacbench.bench.problems import problems
 from conftest import cases, reference_for, tolerance_for
-from strategies.agreement import convergence, max_error, tolerance
-from strategies.jax_model import JAX_MISSING, jax_gpu_available, jax_view
-from strategies.torch_model import torch_view
+from jacbench.strategies.agreement import convergence, max_error, tolerance
+from jacbench.strategies.jax_model import JAX_MISSING, jax_gpu_available, jax_view
+from jacbench.strategies.torch_model import torch_view
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_jax = pytest.mark.skipif(JAX_MISSING is not None, reason=str(JAX_MISSING))
@@ -193,7 +193,7 @@ def _python(code: str, **env):
 def test_thread_pinning_is_accepted_by_xla_and_pins():
     """XLA aborts on unknown flags in XLA_FLAGS, so a run that computes proves them valid."""
     out = _python("import os\n"
-                  "from bench.harness import pin_threads\n"
+                  "from jacbench.bench.harness import pin_threads\n"
                   "pin_threads(1)\n"
                   "import jax.numpy as jnp\n"
                   "print(float((jnp.ones((64, 64)) @ jnp.ones(64)).sum()), len(os.sched_getaffinity(0)),"
@@ -209,8 +209,8 @@ def test_without_jax_the_strategies_stay_registered_and_say_why():
         "        if name.split('.')[0] in ('jax', 'jaxlib'):\n"
         "            raise ImportError('blocked for the test')\n"
         "sys.meta_path.insert(0, NoJax())\n"
-        "import strategies\n"
-        "from bench.problems import problems\n"
+        "from jacbench import strategies\n"
+        "from jacbench.bench.problems import problems\n"
         "print(len(strategies.strategies(framework='jax')))\n"
         "print(strategies.get('ntk', 'jax.jacobian_contraction_jit')"
         ".not_applicable(problems('ntk', 'test')[0]))\n")

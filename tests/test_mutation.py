@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pytest
 
-import strategies
-from bench.harness import judge
-from bench.problems import problems
-from strategies.agreement import ShapeMismatch, max_error, tolerance
+from jacbench import strategies
+from jacbench.bench.harness import judge
+from jacbench.bench.problems import problems
+from jacbench.strategies.agreement import ShapeMismatch, max_error, tolerance
 
 SCORE_FILE = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "mutation-score")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.paired import Rounds, calibrate, is_tied, periods, ratio_ci, run_rounds, spread, \
+from jacbench.bench.paired import Rounds, calibrate, is_tied, periods, ratio_ci, run_rounds, spread, \
     summarize
 
 

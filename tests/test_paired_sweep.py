@@ -11,14 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import store
+from jacbench.bench import store
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = "torch.jacrev,torch.jacfwd,torch.functional,jax.jacrev_jit,jax.jacrev"
 
 
 def _sweep(results, prelude=""):
-    code = prelude + "import sys; from bench.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = prelude + "import sys; from jacbench.bench.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["run", "--profile", "test", "--quantity", "jacobian", "--problem",
             "seed004_linear_tanh", "--strategy", STRATEGIES, "--results", str(results),
@@ -67,7 +67,7 @@ def test_rows_are_timed_side_by_side_with_ratios_ties_and_their_own_forward(tmp_
 
 
 def test_a_problem_whose_paired_child_fails_keeps_its_isolated_timing(tmp_path):
-    prelude = ("import bench.side_by_side as s\n"
+    prelude = ("import jacbench.bench.side_by_side as s\n"
                "def boom(*a, **k): raise RuntimeError('planted paired failure')\n"
                "s.time_problem = boom\n")
     run, df, _ = _sweep(tmp_path / "r.jsonl", prelude)

@@ -6,12 +6,12 @@ import torch
 
 import jacbench
 
-import strategies
-from bench.problems import batchnorm, conv, conv_bn_net, linear, problems
+from jacbench import strategies
+from jacbench.bench.problems import batchnorm, conv, conv_bn_net, linear, problems
 from conftest import assert_agrees, cases
-from strategies import peer_backpack, peer_curvlinops
-from strategies.agreement import max_error, to_numpy, tolerance
-from strategies.problem import Layer, ModelSpec, Problem
+from jacbench.strategies import peer_backpack, peer_curvlinops
+from jacbench.strategies.agreement import max_error, to_numpy, tolerance
+from jacbench.strategies.problem import Layer, ModelSpec, Problem
 
 PEERS = ("backpack", "curvlinops")
 needs = {"backpack": pytest.mark.skipif(bool(peer_backpack.MISSING), reason="no BackPACK"),

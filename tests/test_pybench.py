@@ -13,10 +13,10 @@ import functools
 import numpy as np
 import pytest
 
-import strategies
-from bench.asv_suites.cases import asv_problems
-from bench.harness import force
-from strategies.agreement import max_error, tolerance
+from jacbench import strategies
+from jacbench.bench.asv_suites.cases import asv_problems
+from jacbench.bench.harness import force
+from jacbench.strategies.agreement import max_error, tolerance
 
 DEVICE, DTYPE = "cpu", "float32"
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from strategies import quantities
-from strategies.quantities import QUANTITIES, Quantity
+from jacbench.strategies import quantities
+from jacbench.strategies.quantities import QUANTITIES, Quantity
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("strategies", "bench", "reports", "jacbench")
@@ -101,11 +101,11 @@ def toy(monkeypatch):
 
 
 def test_a_toy_quantity_needs_only_its_definition(toy):
-    from bench.harness import forward_callable
-    from bench.problems import make
-    from bench.user import Facts, problems_for
-    from strategies.cost_model import features
-    from strategies.user_model import UserModel, reference_bytes
+    from jacbench.bench.harness import forward_callable
+    from jacbench.bench.problems import make
+    from jacbench.bench.user import Facts, problems_for
+    from jacbench.strategies.cost_model import features
+    from jacbench.strategies.user_model import UserModel, reference_bytes
 
     p = make("mlp_width", toy.name, {"n": 5, "width": 6, "m": 3, "scale": 6})
     assert sorted(p.data) == ["w", "x"] and p.data["x"].shape == (5,) and p.mode is None
@@ -125,11 +125,11 @@ def test_a_toy_quantity_needs_only_its_definition(toy):
 def test_a_toy_quantity_is_judged_like_any_other(toy):
     """Its strategies register and run through the harness; its tolerance is its own noise
     floor, with no per-quantity code."""
-    from bench.harness import run_case
-    from bench.problems import make
-    from strategies import registry
-    from strategies.agreement import tolerance
-    from strategies.torch_model import torch_view
+    from jacbench.bench.harness import run_case
+    from jacbench.bench.problems import make
+    from jacbench.strategies import registry
+    from jacbench.strategies.agreement import tolerance
+    from jacbench.strategies.torch_model import torch_view
 
     def prepare(problem, device, dtype):
         """J by torch.func.jacrev, then its row sums."""

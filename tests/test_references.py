@@ -3,12 +3,12 @@ use nothing but evaluations of the float64 model."""
 import pytest
 import torch
 
-import strategies
-from bench.problems import problems
+from jacbench import strategies
+from jacbench.bench.problems import problems
 from conftest import reference_for
-from strategies.agreement import max_error
-from strategies.quantities import contract_ntk
-from strategies.torch_model import torch_view
+from jacbench.strategies.agreement import max_error
+from jacbench.strategies.quantities import contract_ntk
+from jacbench.strategies.torch_model import torch_view
 
 H1 = 1e-6  # first differences: truncation ~h^2, rounding ~eps/h, both ~1e-11 relative
 H2 = 1e-4  # second differences: truncation ~h^2, rounding ~eps/h^2, both ~1e-8

@@ -2,11 +2,11 @@
 import pytest
 from torch.func import jacrev
 
-import strategies
-from bench.problems import problems
+from jacbench import strategies
+from jacbench.bench.problems import problems
 from conftest import assert_agrees, cases
-from strategies.registry import Strategy, UnknownName, add, always, remove
-from strategies.torch_model import torch_view
+from jacbench.strategies.registry import Strategy, UnknownName, add, always, remove
+from jacbench.strategies.torch_model import torch_view
 
 MATRIX_FREE = ("jvp", "vjp")
 

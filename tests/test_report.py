@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from markupsafe import escape
 
-from bench import store
-from reports import summary as S
-from reports.build import build_report
+from jacbench.bench import store
+from jacbench.reports import summary as S
+from jacbench.reports.build import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,7 +35,7 @@ PLANTED = ["torch.planted_raises", "torch.planted_hangs", "torch.planted_hog",
 
 def _sweep(results: Path, args, planted: bool):
     code = ("import sys; " + ("import planted_strategies; " if planted else "")
-            + "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
+            + "from jacbench.bench.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     run = subprocess.run([sys.executable, "-c", code, "run", "--profile", "test", "--threads",
                           "1", "--results", str(results), "--quiet", *args], cwd=ROOT, env=env,
@@ -114,7 +114,7 @@ def test_summary_agrees_with_the_raw_rows(rows):
 
 
 def test_every_registered_quantity_has_a_baseline():
-    import strategies
+    from jacbench import strategies
 
     for q in strategies.QUANTITIES:
         names = [s.name for s in strategies.strategies(quantity=q)]

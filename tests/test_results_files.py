@@ -8,8 +8,8 @@ import json
 import pytest
 
 import jacbench
-from bench import store
-from bench.cli import main
+from jacbench.bench import store
+from jacbench.bench.cli import main
 
 BAD = {
     "csv": ("a,b\n1,2\n", "first line is not JSON"),

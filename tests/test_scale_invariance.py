@@ -5,11 +5,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import strategies
-from bench.harness import judge
-from bench.problems import problems
-from strategies.agreement import max_error, tolerance
-from strategies.problem import Layer, ModelSpec
+from jacbench import strategies
+from jacbench.bench.harness import judge
+from jacbench.bench.problems import problems
+from jacbench.strategies.agreement import max_error, tolerance
+from jacbench.strategies.problem import Layer, ModelSpec
 
 SCALES = (1e-6, 1e6)
 # Families whose last layer is linear, so scaling its weights and bias scales the outputs.

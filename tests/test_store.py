@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from bench import store
+from jacbench.bench import store
 
 
 def _row(i=0, **extra):

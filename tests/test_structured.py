@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-import strategies
-from bench.problems import problems
+from jacbench import strategies
+from jacbench.bench.problems import problems
 from conftest import assert_agrees
-from strategies import jax_structured, torch_structured
-from strategies.agreement import max_error, tolerance
-from strategies.jax_model import JAX_MISSING
-from strategies.quantities import NTK_MODES, _ntk
-from strategies.torch_model import TorchView
-from strategies.torch_structured import StructuredFallback, ntk_structured
+from jacbench.strategies import jax_structured, torch_structured
+from jacbench.strategies.agreement import max_error, tolerance
+from jacbench.strategies.jax_model import JAX_MISSING
+from jacbench.strategies.quantities import NTK_MODES, _ntk
+from jacbench.strategies.torch_model import TorchView
+from jacbench.strategies.torch_structured import StructuredFallback, ntk_structured
 
 STRUCTURED = strategies.get("ntk", "torch.structured")
 JAX_EAGER, JAX_JIT = (strategies.get("ntk", n) for n in ("jax.structured", "jax.structured_jit"))

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import jacbench
-from bench import store
-from bench.cli import main
+from jacbench.bench import store
+from jacbench.bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -47,7 +47,7 @@ def test_cli_runs_the_resnet_block_example_and_reports_it(tmp_path):
     results = tmp_path / "results.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--model", "examples.resnet_block:make_tiny",
+        [sys.executable, "-m", "jacbench", "run", "--model", "examples.resnet_block:make_tiny",
          "--input-shape", "3,6,6", "--batch", "2,3", "--outputs", "3", "--quantity",
          "ntk,param_jacobian,jacobian", "--mode", "trace", "--profile", "test",
          "--results", results, "--quiet"],

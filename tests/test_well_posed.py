@@ -3,11 +3,11 @@ input is within float32 rounding of zero is redrawn, and only that sample."""
 import numpy as np
 import pytest
 
-import strategies
+from jacbench import strategies
 
-from bench.problems import problems
-from bench.well_posed import off_kinks, on_kink
-from strategies.problem import Layer, ModelSpec
+from jacbench.bench.problems import problems
+from jacbench.bench.well_posed import off_kinks, on_kink
+from jacbench.strategies.problem import Layer, ModelSpec
 
 
 def _relu_net():

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 
-import strategies
-from bench.problems import problems
-from strategies.problem import Problem
+from jacbench import strategies
+from jacbench.bench.problems import problems
+from jacbench.strategies.problem import Problem
 
 LADDER = os.environ.get("JACBENCH_ASV_LADDER", "") or "quick"
 FULL = os.environ.get("JACBENCH_ASV_FULL", "") not in ("", "0")

@@ -25,19 +25,19 @@ import time
 import torch._decomp.decompositions_for_jvp  # noqa: F401
 import torch._dynamo  # noqa: F401
 
-import strategies
-from strategies.agreement import max_error
-from strategies.registry import UnknownName
+from jacbench import strategies
+from jacbench.strategies.agreement import max_error
+from jacbench.strategies.registry import UnknownName
 
 from .cases import asv_problems
 
 try:
-    from bench.harness import force
+    from jacbench.bench.harness import force
 except ImportError:  # asv history reaches commits older than the harness; CPU torch needs no sync
     def force(result):
         return result.block_until_ready() if hasattr(result, "block_until_ready") else result
 try:
-    from bench.harness import pin_threads
+    from jacbench.bench.harness import pin_threads
 except ImportError:  # older commits: threads are left as the process has them
     def pin_threads(threads, device="cpu"):
         pass
