@@ -67,28 +67,40 @@ def cases(framework: str | None = None, exact: bool | None = True):
 
 
 # ------------------------------------------------------------------------------ mutation score
-def _score_file():
-    from test_mutation import SCORE_FILE
-
-    return SCORE_FILE
+# test_mutation.py's workers append their counts to one file per test session, named in the
+# environment so that xdist's workers find it and a pytest run inside a test does not share it.
+SCORE_ENV = "JACBENCH_MUTATION_SCORE"
 
 
 def pytest_configure(config):
-    if not hasattr(config, "workerinput"):  # the controller, before any worker writes
-        import os
+    import os
+    import tempfile
 
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(_score_file())
+    if not hasattr(config, "workerinput"):  # the controller, before any worker starts
+        fd, path = tempfile.mkstemp(prefix="jacbench-mutation-score-")
+        os.close(fd)
+        os.environ[SCORE_ENV] = path
+
+
+def pytest_unconfigure(config):
+    import os
+
+    if not hasattr(config, "workerinput"):
+        with contextlib.suppress(OSError, KeyError):
+            os.remove(os.environ.pop(SCORE_ENV))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The checker's mutation score (tests/test_mutation.py), summed over the workers."""
     import json
+    import os
 
     try:
-        with open(_score_file()) as fh:
+        with open(os.environ[SCORE_ENV]) as fh:
             counts = [json.loads(line) for line in fh if line.strip()]
-    except FileNotFoundError:
+    except (KeyError, FileNotFoundError):
+        return
+    if not counts:
         return
     caught, total, skipped = (sum(c[i] for c in counts) for i in range(3))
     terminalreporter.write_line(

@@ -13,12 +13,12 @@ import os
 import numpy as np
 import pytest
 
+from conftest import SCORE_ENV
 from jacbench import strategies
 from jacbench.bench.harness import judge
 from jacbench.bench.problems import problems
 from jacbench.strategies.agreement import ShapeMismatch, max_error, tolerance
 
-SCORE_FILE = os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "mutation-score")
 
 
 def _zeros(ref, q):
@@ -99,10 +99,11 @@ def _verdict(result, ref, dtype, noise) -> str:
 
 
 def _score(caught: int, total: int, skipped: int) -> None:
-    """Add this test's counts to the session's score file (summed by conftest)."""
-    os.makedirs(os.path.dirname(SCORE_FILE), exist_ok=True)
-    with open(SCORE_FILE, "a") as fh:
-        fh.write(json.dumps([caught, total, skipped]) + "\n")
+    """Add this test's counts to the session's score file (conftest names it and sums it)."""
+    path = os.environ.get(SCORE_ENV)
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps([caught, total, skipped]) + "\n")
 
 
 @pytest.mark.parametrize("problem", _problems(), ids=lambda p: f"{p.quantity}-{p.id}")
