@@ -73,17 +73,20 @@ class Profile:
     compile_timeout_s: float = 180.0
 
 
-# The compiled twins of the quick sweep: the seeds' own quantities at their smallest size, the
-# NTK in full mode. Compiling costs 6-90 s a case on 2 cores (inductor's cache cold, as in a
-# fresh clone), so all of them would not fit `make bench`'s 15 minutes; `full` runs them all.
+# The compiled twins of the quick sweep: the seeds' own quantities at their largest quick size
+# (where compiled PyTorch is set against jitted JAX), the NTK in full mode. Compiling costs 6-90 s
+# a case on 2 cores (inductor's cache cold, as in a fresh clone) whatever the size, so all twins
+# at all sizes would not fit `make bench`'s 15 minutes; `full` runs them all.
 _QUICK_COMPILED = {("ggn_vp", "seed000_mlp"), ("cross_jacobian", "seed001_sqrt"),
                    ("jac_diag", "seed002_netx"), ("ntk", "seed003_convnet"),
-                   ("jacobian", "seed004_linear_tanh")}
+                   ("jacobian", "seed004_linear_tanh"), ("batch_jacobian", "seed004_linear_tanh"),
+                   ("hessian", "seed004_linear_tanh")}
 
 
-def _compiled_trim(case, rank: int) -> bool:
+def _compiled_trim(case, rank: int, sizes: int) -> bool:
     p = case.problem
-    return rank == 0 and (p.quantity, p.family) in _QUICK_COMPILED and p.mode in (None, "full")
+    return rank == sizes - 1 and (p.quantity, p.family) in _QUICK_COMPILED \
+        and p.mode in (None, "full")
 
 
 def _test_trim(case, rank: int, sizes: int) -> bool:
@@ -101,7 +104,7 @@ def _quick_trim(case, rank: int, sizes: int) -> bool:
     strategy named with --strategy is never cut."""
     s, p = case.strategy, case.problem
     if "compiled" in s.tags:
-        return _compiled_trim(case, rank)
+        return _compiled_trim(case, rank, sizes)
     if s.framework != "jax":
         return True
     if p.mode not in (None, "full"):  # the NTK's trace and diagonal modes
