@@ -3,7 +3,8 @@
 A case is a problem (quantity, problem at a size, device, dtype) with a torch.auto row and at
 least one other exact strategy with status ok. auto hits when its status is ok and its median
 is within THRESHOLD times the fastest of those others' medians. Two comparisons:
-- "torch": the fastest exact PyTorch strategy (auto picks among these);
+- "torch": the fastest exact eager PyTorch strategy (auto picks among these; compiled twins
+  are left out);
 - "all": the fastest exact strategy of any framework (JAX, BackPACK, curvlinops included).
 `pick_ratio` compares the picked strategy's own row instead of auto's: the same pick, timed in
 the same sweep as its rivals, so timing noise between runs is left out.
@@ -40,6 +41,17 @@ def _ok_exact(rows: pd.DataFrame) -> pd.DataFrame:
                 & ~rows["strategy"].map(is_auto)]
 
 
+def _compiled(row) -> bool:
+    """A compiled twin (registry tag "compiled", strategies.torch_compiled): auto never picks
+    one, since it cannot amortise the compile, so it is no rival of auto's "torch" rate."""
+    from jacbench import strategies
+
+    try:
+        return "compiled" in strategies.get(row["quantity"], row["strategy"]).tags
+    except KeyError:  # a strategy this checkout does not register (UnknownName)
+        return False
+
+
 def auto_cases(df: pd.DataFrame, versus: str = "torch") -> pd.DataFrame:
     """One row per case (module docstring); `versus` "torch" or "all"."""
     out = []
@@ -49,8 +61,8 @@ def auto_cases(df: pd.DataFrame, versus: str = "torch") -> pd.DataFrame:
         for col in KEY:
             same = same[same[col] == a[col]]
         rivals = _ok_exact(same)
-        if versus == "torch":
-            rivals = rivals[rivals["framework"] == "torch"]
+        if versus == "torch":  # the strategies auto picks among: eager PyTorch, not compiled
+            rivals = rivals[(rivals["framework"] == "torch") & ~rivals.apply(_compiled, axis=1)]
         if rivals.empty:
             continue
         best = rivals.sort_values(["median_s", "strategy"]).iloc[0]
@@ -89,7 +101,7 @@ class HitRate:
         return self.pick_hits / self.cases if self.cases else float("nan")
 
     def __str__(self) -> str:
-        what = {"torch": "the fastest exact PyTorch strategy",
+        what = {"torch": "the fastest exact eager PyTorch strategy",
                 "all": "the fastest exact strategy of any framework"}[self.versus]
         return (f"auto within {THRESHOLD}x of {what}: {self.hits}/{self.cases} = "
                 f"{self.rate:.1%} (its pick's own row from the same sweep: {self.pick_hits}/"
