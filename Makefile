@@ -23,8 +23,8 @@ peers: $(STAMP)
 	$(PY) -m pip install --quiet einops unfoldNd einconv linear_operator opt-einsum scipy tqdm
 
 # Two pytest-xdist workers, one test file each at a time (a file's module fixtures are built
-# once): 10-11 min on 2 cores (17 min serially was measured on a slower day, so the ratio is
-# rough). TEST_ARGS= runs them one at a time.
+# once): 7m45s from a fresh clone on an idle 2-core machine, venv included. TEST_ARGS= runs
+# them one at a time.
 TEST_ARGS ?= -n 2 --dist loadfile
 test: $(STAMP)
 	$(PY) -m pytest tests $(TEST_ARGS)
