@@ -9,7 +9,7 @@ is within THRESHOLD times the fastest of those others' medians. Two comparisons:
 `pick_ratio` compares the picked strategy's own row instead of auto's: the same pick, timed in
 the same sweep as its rivals, so timing noise between runs is left out.
 
-    python -m reports.auto RESULTS   # prints both hit rates and the misses
+    python -m jacbench.reports.auto RESULTS   # prints both hit rates and the misses
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m reports.auto RESULTS.jsonl", file=sys.stderr)
+        print("usage: python -m jacbench.reports.auto RESULTS.jsonl", file=sys.stderr)
         return 2
     df = store.load(argv[0])
     for versus in ("torch", "all"):

@@ -416,7 +416,7 @@ def build_report(results, out_path, seeds_path=None, workers: int = 1) -> Path:
 def main(argv=None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m reports.build", description=build_report.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m jacbench.reports.build", description=build_report.__doc__)
     ap.add_argument("results", type=Path)
     ap.add_argument("--out", type=Path, default=Path("reports/out/index.html"))
     ap.add_argument("--seeds", type=Path, default=None, help="design.md or the seeds folder")
