@@ -354,10 +354,11 @@ def quantity_figures(q: pd.DataFrame) -> list[dict]:
     m = line_figure(q, "peak_mem_bytes", "peak memory (MiB)")
     if m:
         out.append({"title": "Peak memory against size", "img": m[0], "left_out": m[1],
-                    "about": "Peak memory of preparing and calling the strategy once (RSS "
-                             "high-water mark less the process's baseline on CPU; the "
-                             "allocator's peak on GPU), log-log, same layout; lines are "
-                             "chosen by lowest memory."})
+                    "about": "Peak memory of a steady-state call (RSS high-water mark, reset "
+                             "before it, less the process's baseline on CPU; the allocator's "
+                             "peak on GPU; the first call's peak, compilation included, is in "
+                             "the tables), log-log, same layout; lines are chosen by lowest "
+                             "memory. Absent where no call added to the high-water mark."})
     r = ranking_figure(q)
     if r:
         out.append({"title": "Every strategy at the largest size: cost relative to a forward "
