@@ -90,15 +90,20 @@ def tolerance(dtype, noise: float | None = None) -> float:
     name = dtype_name(dtype)
     if noise is None or not np.isfinite(noise):
         return DEFAULT[name]
-    scaled = noise * EPS[name] / EPS["float32"]
-    return float(min(CAP, max(FLOOR_ULPS[name] * EPS[name], SAFETY * scaled)))
+    return float(min(CAP, max(FLOOR_ULPS[name] * EPS[name], _wanted(name, noise))))
+
+
+def _wanted(name: str, noise: float) -> float:
+    """SAFETY times the float32 noise scaled to dtype `name`: the tolerance before its floor
+    and cap."""
+    return SAFETY * noise * EPS[name] / EPS["float32"]
 
 
 def tolerance_note(dtype, noise: float | None) -> str:
     """What a row says when its tolerance hit the cap: the problem, not the strategy, is
     too ill-conditioned in float32 for rounding alone to stay under a 1% error's tenth."""
     name = dtype_name(dtype)
-    if noise is None or SAFETY * noise * EPS[name] / EPS["float32"] <= CAP:
+    if noise is None or _wanted(name, noise) <= CAP:
         return ""
     return (f"the problem's float32 noise floor is {noise:.2g}: ill-conditioned in float32, "
             f"tolerance capped at {CAP:g}")

@@ -10,21 +10,19 @@ import numpy as np
 
 from jacbench import strategies
 from jacbench.strategies.registry import Strategy, add, always
+from test_mutation import _negated, _one_entry, _one_percent, _zeros
 
-PERTURB = {
-    "torch.mutant_zeros": np.zeros_like,
-    "torch.mutant_one_percent": lambda r: 1.01 * r,
-    "torch.mutant_one_entry": lambda r: r + 0.01 * np.abs(r).max() * (
-        np.arange(r.size).reshape(r.shape) == np.argmin(np.abs(r))),
-    "torch.mutant_negated": np.negative,
-    "torch.mutant_reference": lambda r: r,
-}
+# The mutation test's own wrong results (tests/test_mutation.py), as strategies.
+PERTURB = {"torch.mutant_zeros": _zeros, "torch.mutant_one_percent": _one_percent,
+           "torch.mutant_one_entry": _one_entry, "torch.mutant_negated": _negated,
+           "torch.mutant_reference": lambda ref, quantity: ref}
 
 
 def _maker(perturb):
     def prepare(problem, device, dtype):
         """The float64 reference, perturbed, in the asked dtype. Cost: one reference, untimed."""
-        out = perturb(strategies.reference(problem)).astype(np.dtype(str(dtype)))
+        ref = strategies.reference(problem)
+        out = perturb(ref, problem.quantity).astype(np.dtype(str(dtype)))
         return lambda: out
     return prepare
 

@@ -5,18 +5,16 @@ import pytest
 import torch
 
 from jacbench import strategies
-from jacbench.bench.harness import run_case
+from jacbench.bench.harness import Timing, run_case
+from jacbench.bench.problems import problems
 from conftest import assert_agrees, reference_for, tolerance_for
 from jacbench.strategies.registry import Strategy, add, always, remove
 from jacbench.strategies.torch_compiled import SUFFIX, TWINS, compiled_twin
 
-FAST = __import__("jacbench.bench.harness", fromlist=["Timing"]).Timing(max_run_time=0.01,
-                                                                min_run_time=0.001)
+FAST = Timing(max_run_time=0.01, min_run_time=0.001)
 
 
 def _one_problem(strategy):
-    from jacbench.bench.problems import problems
-
     return next(p for p in problems(strategy.quantity, "test")
                 if strategy.not_applicable(p) is None and p.mode in (None, "full"))
 
@@ -86,5 +84,5 @@ def test_auto_never_picks_a_compiled_twin():
     from jacbench.strategies.torch_auto import candidates
 
     for q in TWINS:
-        for p in __import__("jacbench.bench.problems", fromlist=["problems"]).problems(q, "test"):
+        for p in problems(q, "test"):
             assert all("compiled" not in s.tags for s in candidates(p))

@@ -42,7 +42,7 @@ def _negated(ref, q):
 
 def _transposed(ref, q):
     """The last two axes swapped (a square block) or read in the wrong order (a layout bug
-    that keeps the shape); for the NTK, also the two sample axes swapped."""
+    that keeps the shape); samples mixed up are `_samples_swapped`'s."""
     if ref.ndim < 2:
         return None
     if ref.shape[-1] == ref.shape[-2]:
