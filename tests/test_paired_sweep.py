@@ -39,7 +39,10 @@ def test_rows_are_timed_side_by_side_with_ratios_ties_and_their_own_forward(tmp_
     assert (df["status"] == "ok").all() and (df["timing"] == "paired").sum() >= 3
     assert (df["timing"] == "paired").all() or df.loc[alone, "timing"].eq("isolated").all()
     df = df[~alone]
-    assert df["rounds"].max() >= 5  # the fast ones run every round, at least min_rounds
+    # The fast ones run every round. min_rounds (5) is not asserted here: on a loaded machine
+    # the overrun cap (3x the 0.05 s test budget) ends the rounds first, by design; both rules
+    # are tested with a fake clock in test_paired.py. CI once saw 4 and 3 rounds.
+    assert (df.groupby("problem")["rounds"].max() >= 2).all()
     for r in df.itertuples():
         assert r.rounds >= 1 and r.runs >= r.rounds and r.median_s > 0 and r.iqr_s >= 0
         assert r.isolated_median_s > 0 and r.forward_s > 0
