@@ -25,6 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .failures import classify, one_line
+
 _CTX = mp.get_context("fork")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 GB = 1024 ** 3
@@ -86,8 +88,6 @@ def _child(fn, conn, log_path):
         conn.send(("done", result))
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent
         traceback.print_exc()
-        from .harness import classify, one_line
-
         try:
             conn.send((classify(exc), one_line(exc)))
         except Exception:
@@ -262,9 +262,7 @@ class InProcess:
             self.out.result = fn(self.out.partial.update)
             self.out.status = "done"
         except Exception as exc:  # noqa: BLE001 - the case's failure is an outcome
-            from .harness import classify, one_line
-
-            self.out.status, self.out.message = classify(exc), one_line(exc)
+                self.out.status, self.out.message = classify(exc), one_line(exc)
         finally:
             os.sched_setaffinity(0, affinity)
             torch.set_num_threads(threads)
@@ -297,3 +295,26 @@ def run_isolated(fn: Callable[[Callable[[dict], None]], Any], limits: Limits = L
         child.kill()
         raise
     return out
+
+
+def prepare_zygote() -> None:
+    """Import everything a case needs once, here, so children start warm; compute nothing."""
+    # Modules torch imports lazily on first use: ~1 s (torch._dynamo, on torch.func's first
+    # call) and ~0.3 s (jvp's decompositions) per child if left to each one.
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    import torch.func  # noqa: F401
+    import torch.utils.benchmark  # noqa: F401
+
+    try:
+        import jax  # noqa: F401
+        import jax.numpy  # noqa: F401
+        from jax._src import xla_bridge
+    except ImportError:
+        return
+    if getattr(xla_bridge, "_backends", None):
+        import warnings
+
+        warnings.warn("a JAX backend was started before forking cases; JAX is not fork-safe "
+                      "after that, so JAX cases may hang (is there JAX work at import time?)",
+                      stacklevel=2)

@@ -15,7 +15,7 @@ import numpy as np
 from jacbench.strategies.problem import Layer, ModelSpec, Problem
 from jacbench.strategies.quantities import QUANTITIES, Dims, Draw
 from jacbench.strategies.quantities import quantity as definition
-from jacbench.strategies.registry import unknown
+from jacbench.strategies.names import unknown
 
 from .well_posed import off_kinks
 

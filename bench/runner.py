@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from multiprocessing import connection as mp_connection
 from pathlib import Path
@@ -35,471 +30,20 @@ from pathlib import Path
 import numpy as np
 
 from jacbench import strategies
-from jacbench.strategies.problem import Problem
-from jacbench.strategies.quantities import NTK_MODES
-from jacbench.strategies.registry import FRAMEWORKS, Strategy, unknown
-from jacbench.strategies.user_model import is_user, prebuild, reference_fits
+from jacbench.strategies.user_model import is_user, prebuild
 
 from . import harness, jax_cache, side_by_side, store
-from .harness import Timing
+from .cases import BadInput, Case, problem_key
+from .environment import environment
+from .files import save_atomic, save_text_atomic
+from .isolation import GB, Child, InProcess, Limits, exclusive, prepare_zygote
 from .paired import Rounds
-from .isolation import GB, Child, InProcess, Limits, exclusive
-from .problems import FAMILIES, problems
+from .profiles import PROFILES, Profile, default_threads
+from .progress import Progress, Summary
+from .references import (REFERENCE_TIMEOUT_S, ProblemInfo, drop_output, judge_by_consensus,
+                         reference_kind, reference_path)
 
-DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float64")
 FAILED = ("timeout", "oom")  # statuses after which larger sizes are skipped
-
-
-class BadInput(ValueError):
-    """A request the suite cannot run; the message says what is allowed (one line)."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    ladder: str
-    timeout_s: float
-    mem_cap_gb: float | None  # None: half of the machine's memory
-    timing: Timing
-    dtype: str = "float32"
-    about: str = ""
-    trim: object = None  # (case, rank in its ladder, ladder length) -> False to leave it out
-    # Seconds of paired timing per problem (bench.paired): its ok strategies side by side in
-    # shuffled rounds, after each ran alone. 0: every case keeps its isolated timing.
-    paired_s: float = 0.0
-    # The time limit of a compiled strategy's case (strategies.torch_compiled): its first call
-    # compiles, 6-90 s measured on 2 busy cores, where the case limit is sized for the call.
-    compile_timeout_s: float = 180.0
-
-
-# The compiled twins of the quick sweep: the seeds' own quantities at their largest quick size
-# (where compiled PyTorch is set against jitted JAX), the NTK in full mode. Compiling costs 6-90 s
-# a case on 2 cores (inductor's cache cold, as in a fresh clone) whatever the size, so all twins
-# at all sizes would not fit `make bench`'s 15 minutes; `full` runs them all.
-# seed 004's jacobian (two problems at its largest size, two twins each) is left to `full`:
-# measured from a fresh clone, `make bench` took 12m45s with 8 compiled cases.
-_QUICK_COMPILED = {("ggn_vp", "seed000_mlp"), ("cross_jacobian", "seed001_sqrt"),
-                   ("jac_diag", "seed002_netx"), ("ntk", "seed003_convnet"),
-                   ("batch_jacobian", "seed004_linear_tanh"), ("hessian", "seed004_linear_tanh")}
-
-
-def _compiled_trim(case, rank: int, sizes: int) -> bool:
-    p = case.problem
-    return rank == sizes - 1 and (p.quantity, p.family) in _QUICK_COMPILED \
-        and p.mode in (None, "full")
-
-
-def _test_trim(case, rank: int, sizes: int) -> bool:
-    """The test profile leaves the compiled twins out (a smoke test in seconds cannot compile);
-    tests/test_compiled.py checks them, and --strategy names them in."""
-    return "compiled" not in case.strategy.tags
-
-
-def _quick_trim(case, rank: int, sizes: int) -> bool:
-    """The quick sweep's JAX cut. In a fresh process every JAX case pays XLA compilation
-    first: jit 0.7-1 s, eager op-by-op 2-3 s (median), 6-10 s for the conv net; that was 80%
-    of a 1298 s quick sweep. So in `quick` the eager JAX strategies and the JAX per-sample
-    loops run at the smallest size of each ladder, and the JAX NTK trace and diagonal modes
-    at the smallest size of the ladders that have more than one. `full` runs everything, and a
-    strategy named with --strategy is never cut."""
-    s, p = case.strategy, case.problem
-    if "compiled" in s.tags:
-        return _compiled_trim(case, rank, sizes)
-    if s.framework != "jax":
-        return True
-    if p.mode not in (None, "full"):  # the NTK's trace and diagonal modes
-        return rank == 0 and sizes > 1
-    if s.name.endswith("_jit") and "loop" not in s.name:
-        return True
-    return rank == 0
-
-
-PROFILES = {p.name: p for p in [
-    # 3 GB: the largest quick case that ends well grows by 2 GB; above that an out-of-memory
-    # case is caught sooner.
-    # Its isolated timing is short: the paired timing (paired_s per problem) replaces it.
-    Profile("quick", "quick", 15, 3, Timing(max_run_time=0.05, min_run_time=0.01),
-            trim=_quick_trim, paired_s=1.0,
-            about="the default: quick ladder, short timing, fits 15 minutes on 2 cores"),
-    Profile("full", "full", 600, None, Timing(max_run_time=2.0, min_run_time=0.1, threshold=0.05),
-            paired_s=10.0, about="the questions' own sizes and beyond, careful timing"),
-    Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
-            paired_s=0.05, trim=_test_trim,
-            about="tiny problems, a smoke test of the whole pipeline in seconds"),
-]}
-
-
-REFERENCE_TIMEOUT_S = 300.0
-
-
-def default_threads() -> int:
-    """One thread unless asked for more (--threads). With two OpenMP threads on a 2-core
-    machine that something else also uses, every parallel region waits for a descheduled
-    thread: a forward pass of seed 000's MLP at B=256 measured 65 ms with 2 threads and 0.2 ms
-    with 1, under the same load. One thread keeps timings repeatable and strategy comparisons
-    fair; the thread count is recorded in every row."""
-    return 1
-
-
-# ------------------------------------------------------------------------------ cases
-@dataclass(frozen=True)
-class Case:
-    quantity: str
-    problem: Problem
-    strategy: Strategy
-    device: str
-    dtype: str
-
-    @property
-    def case_id(self) -> str:
-        return store.case_id(self.quantity, self.problem.id, self.strategy.name, self.device,
-                             self.dtype)
-
-    @property
-    def ladder(self) -> tuple:
-        """Cases that differ only in size: a timeout at one size predicts the larger ones."""
-        p = self.problem
-        return (self.quantity, p.family, p.mode, self.strategy.name, self.device, self.dtype)
-
-
-def _names(values) -> list[str]:
-    """Repeated options and comma-separated lists alike."""
-    if isinstance(values, str):
-        values = [values]
-    out = []
-    for v in values or ():
-        out.extend(x.strip() for x in str(v).split(",") if x.strip())
-    return out
-
-
-def cuda_available() -> bool:
-    # NVML answers without initialising CUDA in this process; children forked from a
-    # process with CUDA initialised cannot use it.
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def check_device(device: str) -> None:
-    if device not in DEVICES:
-        raise unknown("device", device, DEVICES)
-    if device == "cuda" and not cuda_available():
-        raise BadInput("device 'cuda' is not available here (torch.cuda.is_available() is "
-                       "False); allowed: cpu")
-
-
-def _size_matches(p: Problem, size: str) -> bool:
-    return size == p.size or size == str(p.size_param)
-
-
-def check_filters(quantities, strategy_names, frameworks, modes) -> tuple[list, list, list, list]:
-    """The name filters as lists, validated (UnknownName with close matches for a typo)."""
-    quantities = _names(quantities)
-    for q in quantities:
-        strategies.quantity(q)
-    names = _names(strategy_names)
-    for n in names:
-        strategies.strategies(name=n)
-    fws = _names(frameworks)
-    for f in fws:
-        if f not in FRAMEWORKS:
-            raise unknown("framework", f, FRAMEWORKS)
-    modes = _names(modes)
-    for m in modes:
-        if m not in NTK_MODES:
-            raise unknown("ntk mode", m, NTK_MODES)
-    return quantities, names, fws, modes
-
-
-def select_cases(profile: Profile | str = "quick", quantities=None, strategy_names=None,
-                 families=None, sizes=None, frameworks=None, device: str = "cpu",
-                 dtype: str | None = None, modes=None) -> list[Case]:
-    """The cases of a profile, narrowed by the filters (names, or comma-separated lists).
-
-    Raises UnknownName (with close matches) or BadInput for anything that selects nothing.
-    """
-    if isinstance(profile, str):
-        if profile not in PROFILES:
-            raise unknown("profile", profile, PROFILES)
-        profile = PROFILES[profile]
-    dtype = dtype or profile.dtype
-    if dtype not in DTYPES:
-        raise unknown("dtype", dtype, DTYPES)
-    check_device(device)
-    quantities, names, fws, modes = check_filters(quantities, strategy_names, frameworks, modes)
-    fams = _names(families)
-    for f in fams:
-        if f not in FAMILIES:
-            raise unknown("problem family", f, FAMILIES)
-    sizes = _names(sizes)
-
-    family_order = {name: i for i, name in enumerate(FAMILIES)}
-    probs = [p for p in problems(ladder=profile.ladder)
-             if (not quantities or p.quantity in quantities) and (not fams or p.family in fams)
-             and (not modes or p.mode is None or p.mode in modes)]
-    if not probs:
-        having = sorted({p.family for q in (quantities or [None])
-                         for p in problems(q, profile.ladder)})
-        raise BadInput(f"no {profile.ladder}-ladder problem of family {','.join(fams)} has "
-                       f"quantity {','.join(quantities)}; families that do: {', '.join(having)}")
-    for s in sizes:
-        if not any(_size_matches(p, s) for p in probs):
-            allowed = [str(x) for x in sorted({p.size_param for p in probs})] + \
-                sorted({p.size for p in probs})
-            raise unknown(f"size on the {profile.ladder} ladder for these problems", s, allowed)
-    if sizes:
-        probs = [p for p in probs if any(_size_matches(p, s) for s in sizes)]
-    quantity_order = {q: i for i, q in enumerate(strategies.QUANTITIES)}
-    probs.sort(key=lambda p: (quantity_order[p.quantity], family_order[p.family], p.mode or "",
-                              p.size_param))
-    ladders: dict = {}  # (quantity, family, mode) -> its sizes, smallest first
-    for p in probs:
-        ladders.setdefault((p.quantity, p.family, p.mode), []).append(p.size_param)
-    ladders = {k: sorted(set(v)) for k, v in ladders.items()}
-    cases = []
-    for p in probs:
-        ladder = ladders[p.quantity, p.family, p.mode]
-        for s in strategies.strategies(quantity=p.quantity):
-            if (not names or s.name in names) and (not fws or s.framework in fws):
-                case = Case(p.quantity, p, s, device, dtype)
-                if names or profile.trim is None or profile.trim(
-                        case, ladder.index(p.size_param), len(ladder)):
-                    cases.append(case)
-    if not cases:
-        raise BadInput("no registered strategy matches: quantity "
-                       f"{','.join(quantities) or 'any'}, strategy {','.join(names) or 'any'}, "
-                       f"framework {','.join(fws) or 'any'}; see `python -m jacbench list`")
-    return cases
-
-
-# ------------------------------------------------------------------------------ environment
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root,
-                               capture_output=True, timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return f"{sha}+dirty" if sha and dirty else sha
-
-
-def _cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cpus)"
-
-
-def _gpu_name() -> str:
-    # The driver's files, not torch.cuda: the zygote must not initialise CUDA.
-    names = []
-    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
-        for line in info.read_text().splitlines():
-            if line.startswith("Model:"):
-                names.append(line.split(":", 1)[1].strip())
-    return ", ".join(names)
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment(threads: int) -> dict:
-    import torch
-
-    return {"torch_version": torch.__version__, "jax_version": _version("jax"),
-            "numpy_version": np.__version__, "python_version": platform.python_version(),
-            "cpu": _cpu_name(), "gpu": _gpu_name(), "threads": threads,
-            "commit": _git_commit(), "hostname": socket.gethostname()}
-
-
-def prepare_zygote() -> None:
-    """Import everything a case needs once, here, so children start warm; compute nothing."""
-    # Modules torch imports lazily on first use: ~1 s (torch._dynamo, on torch.func's first
-    # call) and ~0.3 s (jvp's decompositions) per child if left to each one.
-    import torch._decomp.decompositions_for_jvp  # noqa: F401
-    import torch._dynamo  # noqa: F401
-    import torch.func  # noqa: F401
-    import torch.utils.benchmark  # noqa: F401
-
-    try:
-        import jax  # noqa: F401
-        import jax.numpy  # noqa: F401
-        from jax._src import xla_bridge
-    except ImportError:
-        return
-    if getattr(xla_bridge, "_backends", None):
-        import warnings
-
-        warnings.warn("a JAX backend was started before forking cases; JAX is not fork-safe "
-                      "after that, so JAX cases may hang (is there JAX work at import time?)",
-                      stacklevel=2)
-
-
-# ------------------------------------------------------------------------------ references
-def problem_digest(problem: Problem) -> str:
-    """Changes whenever the weights, data or definition of the problem change."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(repr((problem.quantity, problem.family, problem.size, problem.mode, problem.seed,
-                   sorted(problem.flags), problem.spec.in_shape, problem.spec.out_dim)).encode())
-    if is_user(problem):  # the user's weights, hashed once when the model was checked
-        h.update(repr((problem.spec.name, problem.spec.framework, problem.spec.digest)).encode())
-    for layer in getattr(problem.spec, "layers", ()):
-        h.update(repr((layer.kind, sorted(layer.options.items()))).encode())
-        for group in (layer.params, layer.buffers):
-            for k in sorted(group):
-                a = np.ascontiguousarray(group[k])
-                h.update(f"{k}{a.shape}{a.dtype}".encode())
-                h.update(a.tobytes())
-    for k in sorted(problem.data):
-        a = np.ascontiguousarray(problem.data[k])
-        h.update(f"{k}{a.shape}{a.dtype}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def reference_path(refs_dir: Path, problem: Problem) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_.=," else "_" for c in problem.id)
-    return refs_dir / f"{problem.quantity}-{safe}-{problem_digest(problem)}.npy"
-
-
-def save_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-@dataclass
-class ProblemInfo:
-    ref_path: Path
-    forward_s: float | None = None
-    error: str | None = None
-    # "float64": checked against the dense float64 reference; "consensus": a user problem
-    # whose reference would not fit (or a JAX function, which has no float64 torch copy):
-    # its cases save their results, and the median of the exact ones becomes the reference.
-    reference: str = "float64"
-    why: str = ""
-    noise: float | None = None  # the float32 noise floor (strategies.quantities.noise_floor)
-
-    def tolerance(self, dtype: str) -> float:
-        return strategies.tolerance(dtype, self.noise)
-
-    @property
-    def noise_path(self) -> Path:
-        return self.ref_path.with_name(self.ref_path.stem + ".noise32.json")
-
-
-def reference_kind(problem: Problem, cap_bytes: int) -> tuple[str, str]:
-    """("float64" | "consensus", why) for a problem, decided before anything runs."""
-    if not is_user(problem):
-        return "float64", ""
-    if problem.spec.framework == "jax":
-        return "consensus", "a JAX function has no float64 PyTorch copy to compute it on"
-    fits, why = reference_fits(problem, cap_bytes)
-    return ("float64", "") if fits else ("consensus", why)
-
-
-# ------------------------------------------------------------------------------ progress
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _fmt_time(s) -> str:
-    if s is None:
-        return ""
-    for unit, scale in (("s", 1), ("ms", 1e-3), ("us", 1e-6)):
-        if s >= scale:
-            return f"{s / scale:.3g} {unit}"
-    return f"{s * 1e9:.3g} ns"
-
-
-class Progress:
-    """A tqdm bar with the current case and an ETA on a terminal; one line per case otherwise
-    (CI logs), each with count/total, elapsed time and ETA."""
-
-    def __init__(self, total: int, stream=None, tty: bool | None = None):
-        self.total, self.count, self.start = total, 0, time.monotonic()
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
-        self.bar = None
-        if self.tty and total:
-            from tqdm import tqdm
-
-            tqdm.monitor_interval = 0  # no monitor thread in the process that forks
-            self.bar = tqdm(total=total, file=self.stream, unit="case", dynamic_ncols=True,
-                            smoothing=0.05, mininterval=0.25)
-
-    def begin(self, case: Case) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{case.quantity}/{case.problem.id}/{case.strategy.name}",
-                                     refresh=True)
-
-    def end(self, case: Case, row: dict) -> None:
-        self.count += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            return
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / self.count * (self.total - self.count)
-        detail = _fmt_time(row.get("median_s")) if row["status"] in ("ok", "disagrees") else \
-            (row.get("message") or "")[:100]
-        print(f"[{self.count}/{self.total} {_clock(elapsed)} eta {_clock(eta)}] {case.quantity} "
-              f"{case.problem.id} {case.strategy.name}: {row['status']} {detail}".rstrip(),
-              file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ------------------------------------------------------------------------------ the sweep
-@dataclass
-class Summary:
-    run_id: str
-    results: Path
-    log: Path
-    statuses: Counter = field(default_factory=Counter)
-    already_done: int = 0
-    elapsed_s: float = 0.0
-    interrupted: bool = False
-    paired: int = 0  # problems whose ok strategies were timed side by side
-    unpaired: int = 0  # problems (with an ok case) that kept their isolated timings
-
-    def __str__(self) -> str:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items()))
-        done = f" ({self.already_done} already done, skipped by --resume)" if self.already_done \
-            else ""
-        head = "interrupted after" if self.interrupted else "ran"
-        pairs = f"\ntimed side by side: {self.paired} problems; alone: {self.unpaired}" \
-            if self.paired or self.unpaired else ""
-        return (f"{head} {sum(self.statuses.values())} cases in {self.elapsed_s:.0f} s{done}: "
-                f"{counts or 'nothing to do'}{pairs}\nresults: {self.results}\n"
-                f"child output: {self.log}")
 
 
 def _row_base(case: Case, env: dict, run_id: str) -> dict:
@@ -508,6 +52,7 @@ def _row_base(case: Case, env: dict, run_id: str) -> dict:
             "problem": p.id, "family": p.family, "size": p.size, "mode": p.mode,
             "scale": p.size_param, "sizes": dict(p.sizes), "params": p.spec.param_count,
             "strategy": s.name, "framework": s.framework, "exact": s.exact,
+            "tags": sorted(s.tags),
             "device": case.device, "dtype": case.dtype, **env}
 
 
@@ -519,10 +64,6 @@ def _failed_from_rows(rows) -> dict:
             if key not in failed or r["scale"] < failed[key][0]:
                 failed[key] = (r["scale"], r["size"], r["status"])
     return failed
-
-
-def problem_key(case: Case) -> tuple:
-    return (case.problem.quantity, case.problem.id, case.device, case.dtype)
 
 
 def default_jobs(threads: int) -> int:
@@ -540,44 +81,6 @@ class _Job:
     case_of: Case | None = None  # the case that started a reference child
     pairing: list | None = None  # (case, row) pairs of a problem's paired-timing child
     alone: list | None = None  # its ok (case, row) pairs too slow to be paired
-
-
-def judge_by_consensus(held: list, info: ProblemInfo, outputs: dict) -> list:
-    """Rows of one consensus problem, judged against the median of its exact strategies'
-    saved results (strategies.agreement.consensus) by the one error rule; the saved results
-    are removed afterwards."""
-    exact = [c for c, _ in held if c.strategy.exact]
-    out = []
-    try:
-        arrays = [np.load(outputs[c.case_id], mmap_mode="r") for c in exact]
-        ref = strategies.agreement.consensus(arrays) if arrays else None
-        del arrays
-        for case, row in held:
-            row = dict(row, reference="consensus")
-            if ref is None:
-                row["message"] = ("unchecked: no exact strategy finished, so there is no "
-                                  f"consensus to check against ({info.why})")
-            else:
-                err = strategies.max_error(np.load(outputs[case.case_id]), ref)
-                status, note = harness.judge(case.strategy.exact, err, row["tolerance"],
-                                             row.get("message") or "")
-                whose = f"{len(exact)} exact strateg{'y' if len(exact) == 1 else 'ies'}"
-                lead = f"reference: median of {whose} ({info.why})"
-                if len(exact) == 1:
-                    lead += "; a single exact strategy: its own result is unchecked"
-                row.update(max_error=err, status=status,
-                           message="; ".join(t for t in (note, lead) if t))
-            out.append((case, row))
-    finally:
-        for case, _ in held:
-            drop_output(outputs, case)
-    return out
-
-
-def drop_output(outputs: dict, case: Case) -> None:
-    path = outputs.pop(case.case_id, None)
-    if path is not None:
-        path.unlink(missing_ok=True)
 
 
 def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | str = "quick",
@@ -672,8 +175,6 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         note(f"reference ({info.reference}) and forward pass: {p.quantity} {p.id} "
              f"{case.device} {case.dtype}")
-        # A reference is not a timed case: the float64 dense route may take minutes where a
-        # good strategy takes milliseconds, and without it no case of the problem can be judged.
         ref_limits = replace(limits, timeout_s=max(limits.timeout_s, REFERENCE_TIMEOUT_S))
         running[slot] = _Job(Runner(child, ref_limits, log), key=key, info=info, case_of=case)
 

@@ -15,7 +15,8 @@ import time
 from jacbench.strategies.problem import Problem
 from jacbench.strategies.registry import Strategy
 
-from .harness import force, forward_callable, forward_kind, one_line, start_backend
+from .failures import one_line
+from .harness import force, forward_callable, forward_kind, start_backend
 from .paired import Rounds, run_rounds, summarize
 
 FORWARD = "forward:"  # name prefix of the forward passes among the timed callables

@@ -20,9 +20,11 @@ DEFAULT_PATH = Path("results") / "results.jsonl"
 
 STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "not_applicable", "skipped")
 
-# The columns every row has, in this order (reports and asv rely on the names).
+# The columns every row has, in this order (reports and asv rely on the names). `tags`: the
+# strategy's registry tags, a sorted list (absent from files written before they existed:
+# reports derive them from the registry).
 CASE_COLUMNS = ("run_id", "case_id", "quantity", "problem", "family", "size", "mode", "scale",
-                "sizes", "params", "strategy", "framework", "exact", "device", "dtype")
+                "sizes", "params", "strategy", "framework", "exact", "tags", "device", "dtype")
 MEASURE_COLUMNS = ("status", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
                    "peak_mem_bytes", "max_error", "tolerance", "noise_floor", "reference",
                    "message",

@@ -337,7 +337,7 @@ def problems_for(spec: UserModel, batches: dict[int, np.ndarray], facts: dict[in
 def check_names(quantities, strategy_names, frameworks, modes) -> tuple[list, list, list, list]:
     """The filters, validated (UnknownName with close matches for a typo); no quantity given
     means the default quantities for a user model."""
-    from .runner import check_filters
+    from .cases import check_filters
 
     qs, names, fws, ms = check_filters(quantities, strategy_names, frameworks, modes)
     return qs or list(DEFAULT_QUANTITIES), names, fws, ms
@@ -370,7 +370,7 @@ def left_out(problems: list[Problem], names=None, fws=None) -> list[str]:
 
 
 def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> list:
-    from .runner import BadInput, Case
+    from .cases import BadInput, Case
 
     order = {q: i for i, q in enumerate(QUANTITIES)}
     cases = [Case(p.quantity, p, s, device, dtype)
@@ -393,7 +393,7 @@ def factory_cases(ref: str, in_shape, batches, outputs=None, quantities=None,
     """The cases of `--model ref`: the module is imported here (so forked cases find it), the
     model is built and checked in a child process, one problem per quantity and batch."""
     from .isolation import Limits, run_isolated
-    from .runner import BadInput, check_device
+    from .cases import BadInput, check_device
 
     check_device(device)
     qs, names, fws, ms = check_names(quantities, strategy_names, frameworks, modes)

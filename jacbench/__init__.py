@@ -92,7 +92,9 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     ValueError) with one line that says what is wrong when the model or x cannot be used.
     """
     from jacbench.bench import store
-    from jacbench.bench.runner import BadInput, Progress, check_device, sweep
+    from jacbench.bench.cases import BadInput, check_device
+    from jacbench.bench.progress import Progress
+    from jacbench.bench.runner import sweep
     from jacbench.bench.user import cases_for, check_names, inspect_model, left_out, problems_for
     from jacbench.strategies.user_model import UserModel, kind_of
 

@@ -1,6 +1,6 @@
-"""`python -m jacbench`: the command line (jacbench.bench.cli), as the `jacbench` command."""
+"""`python -m jacbench`: the command line (jacbench.cli), as the `jacbench` command."""
 import sys
 
-from jacbench.bench.cli import main
+from jacbench.cli import main
 
 sys.exit(main())

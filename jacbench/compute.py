@@ -218,7 +218,7 @@ def prepare(name: str, model, *args, mode: str | None = None, strategy: str = AU
     torch's own setting). On a busy machine threads=1 is often much faster."""
     xs = models.parts(args[0]) if args else [None]
     dtype, device = _dtype(xs, dtype), _device(xs, device)
-    from jacbench.bench.runner import check_device
+    from jacbench.bench.cases import check_device
 
     check_device(device)
     p = problem(name, model, *args, mode=mode, output=output, dtype=dtype)

@@ -14,7 +14,8 @@ import importlib
 from .agreement import max_error, tolerance
 from .problem import Layer, ModelSpec, Problem
 from .quantities import NTK_MODES, QUANTITIES, noise_floor, quantity, reference
-from .registry import Strategy, UnknownName, get, register, strategies
+from .names import UnknownName
+from .registry import Strategy, get, register, strategies
 
 # One module per family of strategies and framework; importing one registers its strategies.
 # JAX and peer-library modules register their strategies even when the library is missing,

@@ -15,7 +15,7 @@ def _rademacher(seed: int, samples: int, like):
 
 
 # ---------------------------------------------------------------- jac_diag
-@register_jax("jac_diag", "full_jacobian")
+@register_jax("jac_diag", "full_jacobian", tags={"baseline", "dense"})
 def _d_full(v):
     """Full (N, k, N) Jacobian by jacrev, then its diagonal. Cost: N*k reverse passes and
     N^2 k memory: the route a diagonal is wanted to avoid."""
@@ -23,14 +23,14 @@ def _d_full(v):
     return jnp.diagonal(J, axis1=0, axis2=2).T
 
 
-@register_jax("jac_diag", "sum_trick", applies=samples_independent)
+@register_jax("jac_diag", "sum_trick", applies=samples_independent, tags={"matrix-free"})
 def _d_sum_trick(v):
     """jacrev of the outputs summed over samples: with independent samples, column i is sample
     i's derivative. Cost: k reverse passes of the batch."""
     return jax.jacrev(lambda x: v.fd(x).sum(0))(v.data["x"]).T
 
 
-@register_jax("jac_diag", "single_jvp", applies=samples_independent)
+@register_jax("jac_diag", "single_jvp", applies=samples_independent, tags={"matrix-free"})
 def _d_single_jvp(v):
     """One jvp with a tangent of ones: with independent samples, J 1 is the diagonal. Cost: one
     forward pass with tangents."""
@@ -38,7 +38,8 @@ def _d_single_jvp(v):
     return jax.jvp(v.fd, (x,), (jnp.ones_like(x),))[1]
 
 
-@register_jax("jac_diag", "hutchinson", exact=False, samples=64, seed=0)
+@register_jax("jac_diag", "hutchinson", exact=False, samples=64, seed=0,
+              tags={"matrix-free"})
 def _d_hutchinson(v, samples, seed):
     """Hutchinson estimate E[z * (J z)] with Rademacher z, jvps vmapped over `samples` probes.
     Cost: `samples` forward passes; approximate, error ~ 1/sqrt(samples)."""
@@ -53,7 +54,7 @@ def _hvp(v, x):
     return lambda t: jax.jvp(jax.grad(v.phi), (x,), (t,))[1]
 
 
-@register_jax("hessian_diag", "full_hessian")
+@register_jax("hessian_diag", "full_hessian", tags={"baseline", "dense"})
 def _h_full(v):
     """Dense jax.hessian (forward-over-reverse), then its diagonal. Cost: n hvps and n^2
     memory."""
@@ -69,7 +70,8 @@ def _h_vmap_hvp(v):
     return jax.vmap(lambda e: jnp.vdot(e, hvp(e)))(eye(x.size, x))
 
 
-@register_jax("hessian_diag", "hutchinson", exact=False, samples=64, seed=0)
+@register_jax("hessian_diag", "hutchinson", exact=False, samples=64, seed=0,
+              tags={"matrix-free"})
 def _h_hutchinson(v, samples, seed):
     """Hutchinson estimate E[z * (H z)] with Rademacher z, hvps vmapped over `samples` probes.
     Cost: `samples` hvps; approximate, error ~ 1/sqrt(samples)."""

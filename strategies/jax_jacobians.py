@@ -122,7 +122,7 @@ def _p_jacrev_batch(v):
 
 
 # ---------------------------------------------------------------- cross_jacobian
-@register_jax("cross_jacobian", "dense_jacfwd")
+@register_jax("cross_jacobian", "dense_jacfwd", tags={"baseline", "dense"})
 def _c_jacfwd(v):
     """The direct route: J1 and J2 by jacfwd, then J1 @ J2.T. Cost: 2n forward passes
     and two (m, n) Jacobians in memory."""
@@ -130,14 +130,14 @@ def _c_jacfwd(v):
     return matmul(jac(v.data["x1"]), jac(v.data["x2"]).T)
 
 
-@register_jax("cross_jacobian", "dense_jacrev")
+@register_jax("cross_jacobian", "dense_jacrev", tags={"dense"})
 def _c_jacrev(v):
     """J1 and J2 by jacrev, then J1 @ J2.T. Cost: 2m reverse passes and two (m, n) Jacobians."""
     jac = jax.jacrev(v.f)
     return matmul(jac(v.data["x1"]), jac(v.data["x2"]).T)
 
 
-@register_jax("cross_jacobian", "vmap_jvp_vjp")
+@register_jax("cross_jacobian", "vmap_jvp_vjp", tags={"matrix-free"})
 def _c_indirect(v):
     """The indirect route: vmap over unit cotangents e of jvp at x1 of vjp at x2. Cost: m
     reverse plus m forward passes, vectorized; never forms an (m, n) Jacobian."""

@@ -271,10 +271,11 @@ def _prepare(compute: Callable, jit: bool, notes: Callable | None = None) -> Cal
 
 
 def register_jax(quantity: str, name: str, *, exact: bool = True, applies=always,
-                 notes: Callable | None = None, **options):
+                 notes: Callable | None = None, tags=(), **options):
     """Register `compute(view, **options) -> array` twice: "jax.<name>" runs it eagerly (op by
-    op) and "jax.<name>_jit" under jax.jit. Its docstring (idea and cost) is shared.
-    `notes(problem) -> list[str]`, when given, becomes the prepared callable's `.notes`."""
+    op) and "jax.<name>_jit" under jax.jit, tagged "jit". Its docstring (idea and cost) and
+    `tags` are shared. `notes(problem) -> list[str]`, when given, becomes the prepared
+    callable's `.notes`."""
     def deco(compute: Callable) -> Callable:
         doc = " ".join((compute.__doc__ or "").split())
         for jit, suffix, note in ((False, "", "Eager (un-jitted)."),
@@ -283,6 +284,7 @@ def register_jax(quantity: str, name: str, *, exact: bool = True, applies=always
             prepare.__doc__ = f"{doc} {note}" if doc else ""
             prepare.__name__ = f"prepare_{quantity}_{name}{suffix}"
             register(quantity, f"jax.{name}{suffix}", exact=exact,
-                     applies=_jax_applies(applies), **options)(prepare)
+                     applies=_jax_applies(applies), tags={*tags, *(("jit",) if jit else ())},
+                     **options)(prepare)
         return compute
     return deco

@@ -31,7 +31,7 @@ def _from_full(full, mode: str):
     return diagonal if mode == "diagonal" else diagonal.sum(-1)
 
 
-@register_jax("ntk", "jacobian_contraction")
+@register_jax("ntk", "jacobian_contraction", tags={"dense"})
 def _jacobian_contraction(v):
     """Per-sample parameter Jacobians by vmap(jacrev) for X1 and X2, contracted by mode. Cost:
     (B1+B2)*m reverse passes and (B1+B2)*m*P memory."""
@@ -39,7 +39,7 @@ def _jacobian_contraction(v):
     return _contract(v, jac(v.params, v.data["X1"]), jac(v.params, v.data["X2"]))
 
 
-@register_jax("ntk", "ntk_vector_products")
+@register_jax("ntk", "ntk_vector_products", tags={"matrix-free"})
 def _ntk_vp(v):
     """NTK-vector products: vmap over unit cotangents u of jvp at X1 of vjp at X2 (the
     neural-tangents route); trace and diagonal are read off the full NTK. Cost: B2*m vjps and
@@ -54,7 +54,7 @@ def _ntk_vp(v):
     return _from_full(full, v.problem.mode)
 
 
-@register_jax("ntk", "per_sample_loop")
+@register_jax("ntk", "per_sample_loop", tags={"baseline", "dense"})
 def _per_sample_loop(v):
     """A Python loop over samples of jacrev of one sample's outputs, then the contraction.
     Cost: (B1+B2)*m reverse passes, unvectorized (unrolled when jitted)."""

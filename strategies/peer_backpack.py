@@ -125,7 +125,7 @@ def _pj_batch_grad(problem, device, dtype):
     return lambda: _param_jacobian(model, params, v.data["X"])
 
 
-@register("ntk", "backpack.batch_grad", applies=_BATCHGRAD)
+@register("ntk", "backpack.batch_grad", applies=_BATCHGRAD, tags={"dense"})
 def _ntk_batch_grad(problem, device, dtype):
     """Per-sample parameter Jacobians of X1 and X2 in one BackPACK BatchGrad run over both
     batches (m backward passes), then contracted. Cost: (B1 + B2) m P memory, B1 B2 m^2 P flops."""

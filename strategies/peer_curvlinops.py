@@ -52,7 +52,7 @@ def _at_input(v):
     return model, [inp.x], [(dummy, target)]
 
 
-@register("ggn_vp", "curvlinops.ggn", applies=installed)
+@register("ggn_vp", "curvlinops.ggn", applies=installed, tags={"matrix-free"})
 def _ggn(problem, device, dtype):
     """curvlinops GGNLinearOperator of MSELoss(sum) over the batch (= 2 J^T J), halved, times v.
     Cost: one jvp and one vjp of the batch (torch.func inside), plus list packing."""
@@ -68,7 +68,7 @@ def _ggn(problem, device, dtype):
     return lambda: 0.5 * (G @ vec)
 
 
-@register("hvp", "curvlinops.hessian", applies=installed)
+@register("hvp", "curvlinops.hessian", applies=installed, tags={"matrix-free"})
 def _hvp(problem, device, dtype):
     """curvlinops HessianLinearOperator w.r.t. the input (held as the only parameter) of
     MSELoss(sum) = 2 phi, halved, times v. Cost: one reverse-over-reverse pass."""
@@ -79,7 +79,7 @@ def _hvp(problem, device, dtype):
     return lambda: 0.5 * (H @ vec)
 
 
-@register("jvp", "curvlinops.jacobian", applies=installed)
+@register("jvp", "curvlinops.jacobian", applies=installed, tags={"matrix-free"})
 def _jvp(problem, device, dtype):
     """curvlinops JacobianLinearOperator w.r.t. the input (held as the only parameter) times v.
     Cost: one forward-mode pass (torch.func.jvp inside)."""
@@ -90,7 +90,7 @@ def _jvp(problem, device, dtype):
     return lambda: J @ vec
 
 
-@register("vjp", "curvlinops.transposed_jacobian", applies=installed)
+@register("vjp", "curvlinops.transposed_jacobian", applies=installed, tags={"matrix-free"})
 def _vjp(problem, device, dtype):
     """curvlinops TransposedJacobianLinearOperator w.r.t. the input (held as the only parameter)
     times u. Cost: one reverse pass (torch.func.vjp inside)."""

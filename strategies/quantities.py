@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.func import hessian, jacfwd, jacrev, vmap
 
+from .names import unknown
 from .problem import Problem
 from .torch_model import TorchView, torch_view
 
@@ -100,7 +101,7 @@ class Quantity:
     # What a model's shape alone says about this quantity (user models, whose shape is not
     # chosen for it): (flags it implies, (status, reason) when it does not apply, or None).
     shaped: Callable[[Dims], tuple] = _not_shaped
-    # Elements the dense float64 reference builds (strategies.user_model.reference_bytes).
+    # Elements the dense float64 reference builds (reference_bytes, below).
     reference_work: Callable[[Dims, dict], int] = _work_default
     modes: tuple[str, ...] = ()  # one problem per mode (the NTK's)
     wrt: str = "input"  # what it differentiates with respect to: "input" or "params"
@@ -214,7 +215,7 @@ def _flat_batch(d, draw, rng):
 
 # ------------------------------------------------------------------------------ memory
 # Elements of the dense arrays each reference builds, and of the activations its (vmapped)
-# reverse passes hold; strategies.user_model.reference_bytes turns them into bytes.
+# reverse passes hold; reference_bytes (below) turns them into bytes.
 def _ntk_work(d, data):
     B1, B2 = data["X1"].shape[0], data["X2"].shape[0]
     return B1 * B2 * d.m * d.m + 2 * min(B1 * d.m * d.P, _BLOCK) + B1 * d.m * d.act
@@ -309,8 +310,6 @@ QUANTITIES: dict[str, Quantity] = {q.name: q for q in [
 
 
 def quantity(name: str) -> Quantity:
-    from .registry import unknown
-
     if name not in QUANTITIES:
         raise unknown("quantity", name, QUANTITIES)
     return QUANTITIES[name]
@@ -334,3 +333,30 @@ def noise_floor(problem: Problem, ref: np.ndarray) -> float:
     from .agreement import max_error
 
     return max_error(reference(problem, torch.float32), ref)
+
+
+# ------------------------------------------------------------------------------ memory
+def reference_bytes(problem) -> int:
+    """A generous estimate of the memory the dense float64 reference of a user problem needs:
+    the model in float64, the dense arrays the reference builds (strategies.quantities) and
+    the activations its vmapped reverse passes hold, twice over for autograd's copies."""
+    spec = problem.spec
+    dims = Dims(spec.in_dim, spec.out_dim, spec.param_count, spec.in_shape, problem.sizes,
+                problem.flags, max(spec.act_per_sample, 1))
+    P, work = spec.param_count, quantity(problem.quantity).reference_work(dims, problem.data)
+    data = sum(int(np.asarray(v).size) for v in problem.data.values())
+    return int(8 * (2 * P + 2 * work + data))
+
+
+def reference_fits(problem, cap_bytes: int | None) -> tuple[bool, str]:
+    """Whether the float64 reference of a user problem fits: its estimate against what the
+    machine has available now and the per-case memory cap. Returns (fits, explanation)."""
+    import psutil
+
+    need = reference_bytes(problem)
+    room = int(psutil.virtual_memory().available * 0.8)
+    if cap_bytes:
+        room = min(room, int(cap_bytes))
+    gib = 1024 ** 3
+    why = f"the float64 reference needs ~{need / gib:.3g} GiB, {room / gib:.3g} GiB available"
+    return need <= room, why

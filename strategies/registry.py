@@ -1,29 +1,16 @@
 """The registry: strategies under (quantity, name), with look-ups that explain what went wrong."""
 from __future__ import annotations
 
-import difflib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from .names import unknown
 from .problem import Problem
+from .quantities import QUANTITIES
 
 Prepare = Callable[..., Callable[[], Any]]
 Applies = Callable[[Problem], "str | None"]
-
-
-class UnknownName(KeyError):
-    """An unknown quantity, strategy, framework or problem name; the message lists close matches."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
-
-
-def unknown(kind: str, name: str, known) -> UnknownName:
-    known = sorted(set(known))
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(known)}"
-    return UnknownName(f"unknown {kind} {name!r}; {hint}")
 
 
 @dataclass(frozen=True)
@@ -42,8 +29,8 @@ class Strategy:
     prepare: Prepare
     applies: Applies
     options: dict = field(default_factory=dict)  # e.g. default sample count of an estimator
-    # Declared facts that reports and torch.auto select by, never the name text: "compiled"
-    # (torch.compile; its first call compiles).
+    # Declared facts (TAGS) that reports, claims and torch.auto select by, never the name
+    # text, so that renaming a strategy changes no verdict.
     tags: frozenset = frozenset()
 
     @property
@@ -65,6 +52,52 @@ class Strategy:
 
 _REGISTRY: dict[tuple[str, str], Strategy] = {}
 FRAMEWORKS = ("torch", "jax", "backpack", "curvlinops")
+PEERS = ("backpack", "curvlinops")  # other libraries' implementations, run beside ours
+
+# The tag vocabulary, the one place it is defined. "approximate" and "peer" are derived from
+# the strategy's exactness and framework; the others are declared where it is registered
+# ("jit" and "compiled" by the helpers that register the JAX and torch.compile twins).
+TAGS = {
+    "baseline": "the naive route speed-ups are measured against: the questions' own code or "
+                "the plain autograd loop (one per quantity and framework)",
+    "dense": "materialises the full Jacobian or Hessian where the quantity needs less (a "
+             "product, a diagonal, a kernel)",
+    "matrix-free": "never materialises the full Jacobian or Hessian, where the quantity "
+                   "needs less",
+    "compiled": "torch.compile; its first call compiles",
+    "jit": "jax.jit; its first call traces and compiles",
+    "approximate": "a statistical estimate, checked statistically (derived: exact=False)",
+    "peer": "another library's implementation (derived: framework backpack or curvlinops)",
+}
+_EXCLUSIVE = (("dense", "matrix-free"), ("compiled", "jit"))
+
+
+def checked_tags(quantity: str, name: str, framework: str, exact: bool, tags) -> frozenset:
+    """The strategy's tags: the declared ones, validated, plus the derived ones."""
+    if isinstance(tags, str):  # a lone tag would become a set of letters
+        tags = (tags,)
+    tags = frozenset(tags)
+    where = f"strategy {quantity}/{name}"
+    bad = sorted(tags - set(TAGS))
+    if bad:
+        raise ValueError(f"{where}: unknown tag(s) {', '.join(map(repr, bad))}; known: "
+                         f"{', '.join(TAGS)}")
+    derived = {"approximate": not exact, "peer": framework in PEERS}
+    for tag, holds in derived.items():
+        if tag in tags and not holds:
+            raise ValueError(f"{where}: tag {tag!r} is derived ({TAGS[tag]}) and does not "
+                             "hold here")
+    for a, b in _EXCLUSIVE:
+        if a in tags and b in tags:
+            raise ValueError(f"{where}: tags {a!r} and {b!r} exclude each other")
+    return tags | {t for t, holds in derived.items() if holds}
+
+
+def tags_of(quantity, name) -> tuple[str, ...]:
+    """The registered strategy's tags, sorted; () for a name this checkout does not register
+    (rows of older result files have no tags column)."""
+    s = _REGISTRY.get((quantity, name))
+    return tuple(sorted(s.tags)) if s is not None else ()
 
 
 def always(_problem: Problem) -> None:
@@ -76,14 +109,15 @@ def register(quantity: str, name: str, *, exact: bool = True, applies: Applies =
     """Decorator: register `prepare` as strategy `name` for `quantity`.
 
     The framework is the part of the name before the first dot ("torch.jacrev" -> "torch").
+    `tags`: declared facts from TAGS (an unknown one is an error); the derived ones are added.
     """
-    from .quantities import QUANTITIES  # late: quantities imports nothing from here at load
-
     if quantity not in QUANTITIES:
         raise unknown("quantity", quantity, QUANTITIES)
     framework = name.split(".", 1)[0]
     if framework not in FRAMEWORKS:
         raise ValueError(f"strategy {name!r}: framework prefix must be one of {FRAMEWORKS}")
+
+    tags = checked_tags(quantity, name, framework, exact, tags)
 
     def deco(prepare: Prepare) -> Prepare:
         if (quantity, name) in _REGISTRY:
@@ -91,15 +125,18 @@ def register(quantity: str, name: str, *, exact: bool = True, applies: Applies =
         if not inspect.getdoc(prepare):
             raise ValueError(f"strategy {quantity}/{name} needs a docstring: its idea and cost")
         _REGISTRY[(quantity, name)] = Strategy(quantity, name, framework, exact, prepare,
-                                               applies, dict(options), frozenset(tags))
+                                               applies, dict(options), tags)
         return prepare
 
     return deco
 
 
 def add(strategy: Strategy) -> None:
-    """Register a ready-made Strategy (tests plant strategies this way); see `remove`."""
-    _REGISTRY[(strategy.quantity, strategy.name)] = strategy
+    """Register a ready-made Strategy (tests plant strategies this way); see `remove`. Its tags
+    are checked and completed as `register` does."""
+    tags = checked_tags(strategy.quantity, strategy.name, strategy.framework, strategy.exact,
+                        strategy.tags)
+    _REGISTRY[(strategy.quantity, strategy.name)] = replace(strategy, tags=tags)
 
 
 def remove(quantity: str, name: str) -> None:
@@ -107,8 +144,6 @@ def remove(quantity: str, name: str) -> None:
 
 
 def get(quantity: str, name: str) -> Strategy:
-    from .quantities import QUANTITIES
-
     if quantity not in QUANTITIES:
         raise unknown("quantity", quantity, QUANTITIES)
     try:
@@ -120,15 +155,18 @@ def get(quantity: str, name: str) -> Strategy:
 
 def strategies(quantity: str | None = None, framework: str | None = None,
                name: str | None = None, exact: bool | None = None,
-               compiled: bool | None = None) -> list[Strategy]:
+               compiled: bool | None = None, tag: str | None = None,
+               without: str | None = None) -> list[Strategy]:
     """Registered strategies matching every given filter, sorted by (quantity, name).
-    `compiled` False leaves out the torch.compile twins (tag "compiled"), True keeps only them."""
-    from .quantities import QUANTITIES
-
+    `compiled` False leaves out the torch.compile twins (tag "compiled"), True keeps only them;
+    `tag` keeps only strategies with that tag, `without` leaves out those with it."""
     if quantity is not None and quantity not in QUANTITIES:
         raise unknown("quantity", quantity, QUANTITIES)
     if framework is not None and framework not in FRAMEWORKS:
         raise unknown("framework", framework, FRAMEWORKS)
+    for t in (tag, without):
+        if t is not None and t not in TAGS:
+            raise unknown("tag", t, TAGS)
     if name is not None and name not in {n for _, n in _REGISTRY}:
         raise unknown("strategy", name, [n for _, n in _REGISTRY])
     out = [s for s in _REGISTRY.values()
@@ -136,5 +174,6 @@ def strategies(quantity: str | None = None, framework: str | None = None,
            and (framework is None or s.framework == framework)
            and (name is None or s.name == name)
            and (exact is None or s.exact == exact)
-           and (compiled is None or ("compiled" in s.tags) == compiled)]
+           and (compiled is None or ("compiled" in s.tags) == compiled)
+           and (tag is None or tag in s.tags) and (without is None or without not in s.tags)]
     return sorted(out, key=lambda s: (s.quantity, s.name))

@@ -60,6 +60,10 @@ def compile_note(before: dict, after: dict, mode: str, dynamic: bool) -> str:
             f"shapes; {count} graph break(s){reason}; inductor cache {cache}")
 
 
+# (quantity, twin) -> the eager strategy it compiles: reports pair them by this, not by name.
+EAGER: dict[tuple[str, str], str] = {}
+
+
 def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DYNAMIC) -> str:
     """Register the compiled twin of strategy `name` and return the twin's name."""
     eager = get(quantity, name)
@@ -88,7 +92,11 @@ def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DY
                        f"{name}'s work without per-op Python dispatch, after a first call that "
                        f"compiles (seconds to minutes).")
     twin = name + SUFFIX
-    register(quantity, twin, exact=eager.exact, applies=eager.applies, tags={TAG},
+    EAGER[(quantity, twin)] = name
+    # The twin computes the same way, so it keeps what that says (dense, matrix-free); it is
+    # no naive baseline, and the derived tags are derived again.
+    kept = eager.tags - {"baseline", "approximate", "peer"}
+    register(quantity, twin, exact=eager.exact, applies=eager.applies, tags={TAG, *kept},
              **eager.options)(prepare)
     return twin
 

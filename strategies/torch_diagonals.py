@@ -29,17 +29,18 @@ def _diag_of_full(J: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(J, dim1=0, dim2=2).T  # (N, k, N) -> (N, k)
 
 
-def _full(name, doc, jac):
+def _full(name, doc, jac, tags=("dense",)):
     def prepare(problem, device, dtype):
         v = torch_view(problem, device, dtype)
         return lambda: _diag_of_full(jac(v.fd, v.data["x"]))
     prepare.__doc__ = doc
-    register("jac_diag", name)(prepare)
+    register("jac_diag", name, tags=tags)(prepare)
 
 
 _full("torch.full_functional",
       "The first try: autograd.functional.jacobian (vectorize=False) of the whole map, "
-      "then the diagonal. Cost: N*k reverse passes and an (N, k, N) Jacobian.", af_jacobian)
+      "then the diagonal. Cost: N*k reverse passes and an (N, k, N) Jacobian.", af_jacobian,
+      tags=("baseline", "dense"))
 _full("torch.full_functional_vectorize",
       "autograd.functional.jacobian(vectorize=True), then the diagonal (slower than the loop "
       "in the Stack Overflow question). "
@@ -53,7 +54,8 @@ _full("torch.full_jacfwd",
       "and (N, k, N) memory.", lambda f, x: jacfwd(f)(x))
 
 
-@register("jac_diag", "torch.onehot_backward", applies=samples_independent)
+@register("jac_diag", "torch.onehot_backward", applies=samples_independent,
+          tags={"matrix-free"})
 def _d_onehot(problem, device, dtype):
     """The Stack Overflow answer: one backward per output channel c with cotangent one-hot in c for
     every sample. Cost: k reverse passes of the batch."""
@@ -71,7 +73,7 @@ def _d_onehot(problem, device, dtype):
     return run
 
 
-@register("jac_diag", "torch.sum_trick", applies=samples_independent)
+@register("jac_diag", "torch.sum_trick", applies=samples_independent, tags={"matrix-free"})
 def _d_sum_trick(problem, device, dtype):
     """jacrev of the outputs summed over samples: with independent samples, column i is sample
     i's derivative. Cost: k vmapped reverse passes of the batch."""
@@ -79,7 +81,7 @@ def _d_sum_trick(problem, device, dtype):
     return lambda: jacrev(lambda x: v.fd(x).sum(0))(v.data["x"]).T
 
 
-@register("jac_diag", "torch.single_jvp", applies=samples_independent)
+@register("jac_diag", "torch.single_jvp", applies=samples_independent, tags={"matrix-free"})
 def _d_single_jvp(problem, device, dtype):
     """One jvp with a tangent of ones: with independent samples, J 1 is the diagonal. Cost: one
     forward pass with tangents."""
@@ -109,7 +111,8 @@ def _d_row_loop(problem, device, dtype):
     return run
 
 
-@register("jac_diag", "torch.hutchinson", exact=False, samples=64, seed=0)
+@register("jac_diag", "torch.hutchinson", exact=False, samples=64, seed=0,
+          tags={"matrix-free"})
 def _d_hutchinson(problem, device, dtype, samples=64, seed=0):
     """Hutchinson estimate E[z * (J z)] per output channel, Rademacher z, jvps vmapped over
     `samples` probes. Cost: `samples` forward passes; error ~ 1/sqrt(samples)."""
@@ -129,7 +132,7 @@ def _hvp(v, x):
     return lambda t: jvp(grad(v.phi), (x,), (t,))[1]
 
 
-@register("hessian_diag", "torch.full_hessian")
+@register("hessian_diag", "torch.full_hessian", tags={"baseline", "dense"})
 def _h_full(problem, device, dtype):
     """Dense torch.func.hessian (forward-over-reverse), then its diagonal. Cost: n hvps and
     n^2 memory."""
@@ -163,7 +166,8 @@ def _h_vmap_hvp(problem, device, dtype):
     return run
 
 
-@register("hessian_diag", "torch.hutchinson", exact=False, samples=64, seed=0)
+@register("hessian_diag", "torch.hutchinson", exact=False, samples=64, seed=0,
+          tags={"matrix-free"})
 def _h_hutchinson(problem, device, dtype, samples=64, seed=0):
     """Hutchinson estimate E[z * (H z)], Rademacher z, hvps vmapped over `samples` probes.
     Cost: `samples` hvps; error ~ 1/sqrt(samples)."""

@@ -31,7 +31,7 @@ def layers_covered(problem) -> str | None:
     return samples_independent(problem)
 
 
-@register("jac_diag", "torch.forward_tangent", applies=layers_covered)
+@register("jac_diag", "torch.forward_tangent", applies=layers_covered, tags={"matrix-free"})
 def _d_forward_tangent(problem, device, dtype):
     """One forward pass carrying primal and tangent (ones) by hand with aten derivative kernels;
     the last layer's primal is skipped. Cost: about two forward passes, no autograd."""

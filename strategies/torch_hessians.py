@@ -22,7 +22,7 @@ def _double_backward(phi, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- hessian
-@register("hessian", "torch.autograd_loop")
+@register("hessian", "torch.autograd_loop", tags={"baseline"})
 def _h_loop(problem, device, dtype):
     """Double backward: autograd.grad with create_graph, then one autograd.grad per gradient
     element. Cost: n reverse-over-reverse passes, unvectorized."""
@@ -127,7 +127,7 @@ def _bh_sum_trick(problem, device, dtype):
     return run
 
 
-@register("batch_hessian", "torch.autograd_loop")
+@register("batch_hessian", "torch.autograd_loop", tags={"baseline"})
 def _bh_loop(problem, device, dtype):
     """Python loop over samples of the double-backward Hessian of one sample. Cost: B*n
     reverse-over-reverse passes, unvectorized."""

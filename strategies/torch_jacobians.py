@@ -25,7 +25,7 @@ def _row_loop(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- jacobian
-@register("jacobian", "torch.autograd_loop")
+@register("jacobian", "torch.autograd_loop", tags={"baseline"})
 def _jac_loop(problem, device, dtype):
     """Python loop of autograd.grad, one row per output. Cost: m reverse passes, unvectorized."""
     v = torch_view(problem, device, dtype)
@@ -166,7 +166,8 @@ def _b_sum_trick_fwd(problem, device, dtype):
     return run
 
 
-@register("batch_jacobian", "torch.autograd_loop", applies=samples_independent)
+@register("batch_jacobian", "torch.autograd_loop", applies=samples_independent,
+          tags={"baseline"})
 def _b_loop(problem, device, dtype):
     """Loop over outputs with autograd.grad of the output column summed over samples. Cost: m
     reverse passes of the whole batch, unvectorized."""
@@ -181,7 +182,7 @@ def _b_loop(problem, device, dtype):
     return run
 
 
-@register("batch_jacobian", "torch.functional_dense")
+@register("batch_jacobian", "torch.functional_dense", tags={"dense"})
 def _b_dense(problem, device, dtype):
     """autograd.functional.jacobian(vectorize=True) of the whole batch, then the block
     diagonal. Cost: B*m reverse passes and a (B, m, B, n) dense intermediate."""
@@ -195,7 +196,7 @@ def _b_dense(problem, device, dtype):
 
 
 # ---------------------------------------------------------------- param_jacobian
-@register("param_jacobian", "torch.autograd_loop")
+@register("param_jacobian", "torch.autograd_loop", tags={"baseline"})
 def _p_loop(problem, device, dtype):
     """The usual loop: autograd.grad of every (sample, output) w.r.t. the parameters. Cost:
     B*m reverse passes of the batch, unvectorized."""
@@ -256,7 +257,7 @@ def _p_functional(problem, device, dtype):
 
 
 # ---------------------------------------------------------------- cross_jacobian
-@register("cross_jacobian", "torch.dense_jacfwd")
+@register("cross_jacobian", "torch.dense_jacfwd", tags={"baseline", "dense"})
 def _c_jacfwd(problem, device, dtype):
     """The direct route: J1 and J2 by jacfwd, then J1 @ J2.T. Cost: 2n forward passes
     and two (m, n) Jacobians in memory."""
@@ -264,7 +265,7 @@ def _c_jacfwd(problem, device, dtype):
     return lambda: jacfwd(v.f)(v.data["x1"]) @ jacfwd(v.f)(v.data["x2"]).T
 
 
-@register("cross_jacobian", "torch.dense_jacrev")
+@register("cross_jacobian", "torch.dense_jacrev", tags={"dense"})
 def _c_jacrev(problem, device, dtype):
     """J1 and J2 by jacrev, then J1 @ J2.T. Cost: 2m reverse passes and two (m, n) Jacobians."""
     v = torch_view(problem, device, dtype)
@@ -276,7 +277,7 @@ def _cross_op(v):
     return lambda e: jvp(v.f, (v.data["x1"],), pullback(e))[1]
 
 
-@register("cross_jacobian", "torch.vmap_jvp_vjp")
+@register("cross_jacobian", "torch.vmap_jvp_vjp", tags={"matrix-free"})
 def _c_indirect(problem, device, dtype):
     """The indirect route: vmap over unit cotangents e of jvp at x1 of vjp at x2. Cost: m
     reverse plus m forward passes, vectorized; never forms an (m, n) Jacobian."""
@@ -288,7 +289,7 @@ def _c_indirect(problem, device, dtype):
     return run
 
 
-@register("cross_jacobian", "torch.loop_jvp_vjp")
+@register("cross_jacobian", "torch.loop_jvp_vjp", tags={"matrix-free"})
 def _c_loop(problem, device, dtype):
     """The indirect route as a Python loop over the m unit cotangents. Cost: m reverse plus m
     forward passes, unvectorized."""

@@ -32,7 +32,7 @@ def _loop_jacobian(v, X) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@register("ntk", "torch.autograd_loop")
+@register("ntk", "torch.autograd_loop", tags={"baseline", "dense"})
 def _ntk_loop(problem, device, dtype):
     """The usual loop: autograd.grad per sample and output for both batches, then one
     contraction. Cost: B*m reverse passes of one sample, unvectorized; B*m*P memory."""
@@ -44,7 +44,7 @@ def _ntk_loop(problem, device, dtype):
     return run
 
 
-@register("ntk", "torch.functional_vectorize")
+@register("ntk", "torch.functional_vectorize", tags={"dense"})
 def _ntk_functional(problem, device, dtype):
     """autograd.functional.jacobian(vectorize=True) over the parameter tuple, batch at once,
     then one contraction. Cost: B*m vmapped reverse passes of a whole batch; B*m*P memory."""
@@ -59,7 +59,7 @@ def _ntk_functional(problem, device, dtype):
     return lambda: contract_ntk(jac(v.data["X1"]), jac(v.data["X2"]), problem.mode)
 
 
-@register("ntk", "torch.jacobian_contraction")
+@register("ntk", "torch.jacobian_contraction", tags={"dense"})
 def _ntk_contraction(problem, device, dtype):
     """torch.func NTK tutorial, method 1: vmap(jacrev) per-sample Jacobians, contracted one
     parameter tensor at a time and summed. Cost: B*m vmapped reverse passes; B*m*P memory."""
@@ -73,7 +73,7 @@ def _ntk_contraction(problem, device, dtype):
     return run
 
 
-@register("ntk", "torch.ntk_vps")
+@register("ntk", "torch.ntk_vps", tags={"matrix-free"})
 def _ntk_vps(problem, device, dtype):
     """torch.func NTK tutorial, method 2: for each pair, vmap over unit cotangents of vjp at x1
     then jvp at x2. Cost: B1*B2*m vjp+jvp pairs, no Jacobian; trace/diagonal keep only their
@@ -95,7 +95,7 @@ def _ntk_vps(problem, device, dtype):
     return lambda: pairs(v.data["X1"], v.data["X2"])
 
 
-@register("ntk", "torch.ntk_vps_batched")
+@register("ntk", "torch.ntk_vps_batched", tags={"matrix-free"})
 def _ntk_vps_batched(problem, device, dtype):
     """NTK-vector products with X2 as one batch: vmap over x1 and unit cotangents of vjp at x1,
     then one jvp over all of X2. Cost: B1*m vjps and B1*m batched jvps; no Jacobian."""

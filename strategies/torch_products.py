@@ -20,7 +20,7 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- hvp
-@register("hvp", "torch.fwd_over_rev")
+@register("hvp", "torch.fwd_over_rev", tags={"matrix-free"})
 def _hvp_fwd_rev(problem, device, dtype):
     """jvp of torch.func.grad: forward-over-reverse. Cost: about one forward and one reverse
     pass with tangents; the usual best choice."""
@@ -28,7 +28,7 @@ def _hvp_fwd_rev(problem, device, dtype):
     return lambda: jvp(grad(v.phi), (v.data["x"],), (v.data["v"],))[1]
 
 
-@register("hvp", "torch.rev_over_rev")
+@register("hvp", "torch.rev_over_rev", tags={"matrix-free"})
 def _hvp_rev_rev(problem, device, dtype):
     """vjp of torch.func.grad: reverse-over-reverse (H is symmetric). Cost: a reverse pass
     through the gradient's graph, about twice fwd_over_rev's memory."""
@@ -40,7 +40,7 @@ def _hvp_rev_rev(problem, device, dtype):
     return run
 
 
-@register("hvp", "torch.rev_over_fwd")
+@register("hvp", "torch.rev_over_fwd", tags={"matrix-free"})
 def _hvp_rev_fwd(problem, device, dtype):
     """grad of the directional derivative x -> jvp(phi, x, v): reverse-over-forward. Cost: one
     forward pass with a tangent, then a reverse pass through it."""
@@ -48,7 +48,7 @@ def _hvp_rev_fwd(problem, device, dtype):
     return lambda: grad(lambda x: jvp(v.phi, (x,), (v.data["v"],))[1])(v.data["x"])
 
 
-@register("hvp", "torch.double_backward")
+@register("hvp", "torch.double_backward", tags={"matrix-free"})
 def _hvp_double_backward(problem, device, dtype):
     """torch.autograd.grad twice: the gradient with create_graph, then grad of <g, v>. Cost:
     one forward and two reverse passes, no torch.func."""
@@ -61,7 +61,7 @@ def _hvp_double_backward(problem, device, dtype):
     return run
 
 
-@register("hvp", "torch.functional_hvp")
+@register("hvp", "torch.functional_hvp", tags={"matrix-free"})
 def _hvp_functional(problem, device, dtype):
     """torch.autograd.functional.hvp: builds v^T H by double backward, then transposes it with
     the double-vjp trick. Cost: about three reverse passes."""
@@ -69,7 +69,7 @@ def _hvp_functional(problem, device, dtype):
     return lambda: af.hvp(v.phi, v.data["x"], v.data["v"])[1]
 
 
-@register("hvp", "torch.functional_vhp")
+@register("hvp", "torch.functional_vhp", tags={"matrix-free"})
 def _hvp_functional_vhp(problem, device, dtype):
     """torch.autograd.functional.vhp: v^T H by double backward, equal to H v by symmetry.
     Cost: one forward and two reverse passes."""
@@ -77,7 +77,7 @@ def _hvp_functional_vhp(problem, device, dtype):
     return lambda: af.vhp(v.phi, v.data["x"], v.data["v"])[1]
 
 
-@register("hvp", "torch.dense")
+@register("hvp", "torch.dense", tags={"baseline", "dense"})
 def _hvp_dense(problem, device, dtype):
     """Dense baseline: torch.func.hessian, then H @ v. Cost: n hvps and n^2 memory."""
     v = torch_view(problem, device, dtype)
@@ -85,14 +85,14 @@ def _hvp_dense(problem, device, dtype):
 
 
 # ---------------------------------------------------------------- jvp
-@register("jvp", "torch.func_jvp")
+@register("jvp", "torch.func_jvp", tags={"matrix-free"})
 def _jvp_func(problem, device, dtype):
     """torch.func.jvp: forward mode. Cost: one forward pass carrying a tangent."""
     v = torch_view(problem, device, dtype)
     return lambda: jvp(v.f, (v.data["x"],), (v.data["v"],))[1]
 
 
-@register("jvp", "torch.forward_ad")
+@register("jvp", "torch.forward_ad", tags={"matrix-free"})
 def _jvp_dual(problem, device, dtype):
     """Dual numbers with torch.autograd.forward_ad (make_dual / unpack_dual). Cost: one forward
     pass carrying a tangent."""
@@ -104,7 +104,7 @@ def _jvp_dual(problem, device, dtype):
     return run
 
 
-@register("jvp", "torch.double_vjp")
+@register("jvp", "torch.double_vjp", tags={"matrix-free"})
 def _jvp_double_vjp(problem, device, dtype):
     """The double-vjp trick: g(u) = J^T u is linear in a dummy u, so its vjp with v is J v.
     Cost: one forward and two reverse passes, reverse mode only."""
@@ -119,7 +119,7 @@ def _jvp_double_vjp(problem, device, dtype):
     return run
 
 
-@register("jvp", "torch.functional_jvp")
+@register("jvp", "torch.functional_jvp", tags={"matrix-free"})
 def _jvp_functional(problem, device, dtype):
     """torch.autograd.functional.jvp (the double-vjp trick inside the library). Cost: one
     forward and two reverse passes."""
@@ -127,7 +127,7 @@ def _jvp_functional(problem, device, dtype):
     return lambda: af.jvp(v.f, v.data["x"], v.data["v"])[1]
 
 
-@register("jvp", "torch.dense")
+@register("jvp", "torch.dense", tags={"baseline", "dense"})
 def _jvp_dense(problem, device, dtype):
     """Dense baseline: jacfwd, then J @ v. Cost: n forward passes and an (m, n) Jacobian."""
     v = torch_view(problem, device, dtype)
@@ -135,7 +135,7 @@ def _jvp_dense(problem, device, dtype):
 
 
 # ---------------------------------------------------------------- vjp
-@register("vjp", "torch.func_vjp")
+@register("vjp", "torch.func_vjp", tags={"matrix-free"})
 def _vjp_func(problem, device, dtype):
     """torch.func.vjp, then the pullback of u. Cost: one forward and one reverse pass."""
     v = torch_view(problem, device, dtype)
@@ -146,7 +146,7 @@ def _vjp_func(problem, device, dtype):
     return run
 
 
-@register("vjp", "torch.autograd_grad")
+@register("vjp", "torch.autograd_grad", tags={"matrix-free"})
 def _vjp_grad(problem, device, dtype):
     """torch.autograd.grad with grad_outputs=u. Cost: one forward and one reverse pass."""
     v = torch_view(problem, device, dtype)
@@ -157,14 +157,14 @@ def _vjp_grad(problem, device, dtype):
     return run
 
 
-@register("vjp", "torch.functional_vjp")
+@register("vjp", "torch.functional_vjp", tags={"matrix-free"})
 def _vjp_functional(problem, device, dtype):
     """torch.autograd.functional.vjp. Cost: one forward and one reverse pass."""
     v = torch_view(problem, device, dtype)
     return lambda: af.vjp(v.f, v.data["x"], v.data["u"])[1]
 
 
-@register("vjp", "torch.dense")
+@register("vjp", "torch.dense", tags={"baseline", "dense"})
 def _vjp_dense(problem, device, dtype):
     """Dense baseline: jacrev, then u @ J. Cost: m reverse passes and an (m, n) Jacobian."""
     v = torch_view(problem, device, dtype)
@@ -172,7 +172,7 @@ def _vjp_dense(problem, device, dtype):
 
 
 # ---------------------------------------------------------------- ggn_vp
-@register("ggn_vp", "torch.dense")
+@register("ggn_vp", "torch.dense", tags={"baseline", "dense"})
 def _ggn_dense(problem, device, dtype):
     """The dense route: per-sample Jacobians by vmap(jacrev), flattened to (B*m, P),
     then J.T @ (J @ v). Cost: B*m reverse passes of one sample and B*m*P memory."""
@@ -188,7 +188,7 @@ def _ggn_dense(problem, device, dtype):
     return run
 
 
-@register("ggn_vp", "torch.jvp_vjp")
+@register("ggn_vp", "torch.jvp_vjp", tags={"matrix-free"})
 def _ggn_jvp_vjp(problem, device, dtype):
     """Matrix-free with torch.func: J v by jvp over the parameters, then J^T (J v) by vjp.
     Cost: two forward passes of the batch (one with tangents) and one reverse pass."""
@@ -203,7 +203,7 @@ def _ggn_jvp_vjp(problem, device, dtype):
     return run
 
 
-@register("ggn_vp", "torch.double_backward")
+@register("ggn_vp", "torch.double_backward", tags={"matrix-free"})
 def _ggn_double_backward(problem, device, dtype):
     """torch.autograd only: J v by the double-vjp trick on a dummy cotangent, then one more
     backward for J^T (J v). Cost: one forward and three reverse passes of the batch."""

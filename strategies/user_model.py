@@ -259,33 +259,3 @@ def jax_parts(spec: UserModel):
         y = fn(jax.tree_util.tree_unflatten(treedef, [p[k] for k in keys]), X)
         return y.reshape(X.shape[0], -1)
     return forward, keys, flat
-
-
-# ------------------------------------------------------------------------------ memory
-def reference_bytes(problem) -> int:
-    """A generous estimate of the memory the dense float64 reference of a user problem needs:
-    the model in float64, the dense arrays the reference builds (strategies.quantities) and
-    the activations its vmapped reverse passes hold, twice over for autograd's copies."""
-    # Late: strategies.quantities imports torch_model, which imports this module.
-    from .quantities import Dims, quantity
-
-    spec = problem.spec
-    dims = Dims(spec.in_dim, spec.out_dim, spec.param_count, spec.in_shape, problem.sizes,
-                problem.flags, max(spec.act_per_sample, 1))
-    P, work = spec.param_count, quantity(problem.quantity).reference_work(dims, problem.data)
-    data = sum(int(np.asarray(v).size) for v in problem.data.values())
-    return int(8 * (2 * P + 2 * work + data))
-
-
-def reference_fits(problem, cap_bytes: int | None) -> tuple[bool, str]:
-    """Whether the float64 reference of a user problem fits: its estimate against what the
-    machine has available now and the per-case memory cap. Returns (fits, explanation)."""
-    import psutil
-
-    need = reference_bytes(problem)
-    room = int(psutil.virtual_memory().available * 0.8)
-    if cap_bytes:
-        room = min(room, int(cap_bytes))
-    gib = 1024 ** 3
-    why = f"the float64 reference needs ~{need / gib:.3g} GiB, {room / gib:.3g} GiB available"
-    return need <= room, why

@@ -261,7 +261,7 @@ def test_calibrate_recovers_costs_written_as_rows_and_picks_the_fastest(tmp_path
 
 
 def test_calibrate_command_writes_the_file_and_prints_the_hit_rates(tmp_path, capsys):
-    from jacbench.bench.cli import main
+    from jacbench.cli import main
 
     results, out = tmp_path / "results.jsonl", tmp_path / "cal.json"
     _law_rows(results)

@@ -21,15 +21,16 @@ import pytest
 import torch
 
 from jacbench.bench import store
-from jacbench.bench.cli import main
-from jacbench.bench.runner import Progress, select_cases
+from jacbench.cli import main
+from jacbench.bench.cases import select_cases
+from jacbench.bench.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _command(args, planted=True):
     code = ("import sys; " + ("import planted_strategies; " if planted else "")
-            + "from jacbench.bench.cli import main; sys.exit(main(sys.argv[1:]))")
+            + "from jacbench.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     return [sys.executable, "-c", code, *map(str, args)], env
 
@@ -252,7 +253,7 @@ def test_progress_on_a_terminal_is_a_bar_naming_the_current_case():
 
 
 def test_quick_trims_jax_but_not_named_strategies_or_full():
-    from jacbench.bench.runner import select_cases
+    from jacbench.bench.cases import select_cases
 
     def sizes(cases, name):
         return sorted(c.problem.size_param for c in cases if c.strategy.name == name
@@ -278,7 +279,7 @@ def test_planted_wrong_results_on_the_quick_seeds_all_disagree(tmp_path):
     own workload (J(x1) J(x2)^T of about 3e-5, where the old rule passed zeros) and seed 000's
     J^T J v (entries up to 6805), through the command line."""
     results = tmp_path / "r.jsonl"
-    code = ("import sys; import planted_mutants; from jacbench.bench.cli import main; "
+    code = ("import sys; import planted_mutants; from jacbench.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     args = ["run", "--profile", "quick", "--problem", "seed001_sqrt,seed000_mlp",

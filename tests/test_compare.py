@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from jacbench.bench import cli, store
+from jacbench import cli
+from jacbench.bench import store
 from jacbench.reports.compare import compare_lines, paired, repeatability
 from test_store import _row
 

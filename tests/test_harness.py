@@ -15,7 +15,8 @@ import torch
 
 from jacbench import strategies
 from jacbench.bench import harness
-from jacbench.bench.harness import PeakMemory, Timing, classify, force, measure, one_line, run_case
+from jacbench.bench.failures import classify, one_line
+from jacbench.bench.harness import PeakMemory, Timing, force, measure, run_case
 from jacbench.bench.isolation import Child, Limits, exclusive, run_isolated
 from conftest import reference_for, test_problem
 from jacbench.strategies.registry import Strategy, always

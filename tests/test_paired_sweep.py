@@ -18,7 +18,7 @@ STRATEGIES = "torch.jacrev,torch.jacfwd,torch.functional,jax.jacrev_jit,jax.jacr
 
 
 def _sweep(results, prelude=""):
-    code = prelude + "import sys; from jacbench.bench.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = prelude + "import sys; from jacbench.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["run", "--profile", "test", "--quantity", "jacobian", "--problem",
             "seed004_linear_tanh", "--strategy", STRATEGIES, "--results", str(results),

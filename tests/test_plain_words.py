@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import jacbench
-from jacbench.bench.cli import main
+from jacbench.cli import main
 
 INTERNAL = re.compile(r"seed \d{3}|issue[ -]\d|design\.md", re.I)
 

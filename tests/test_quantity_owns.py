@@ -105,7 +105,8 @@ def test_a_toy_quantity_needs_only_its_definition(toy):
     from jacbench.bench.problems import make
     from jacbench.bench.user import Facts, problems_for
     from jacbench.strategies.cost_model import features
-    from jacbench.strategies.user_model import UserModel, reference_bytes
+    from jacbench.strategies.quantities import reference_bytes
+    from jacbench.strategies.user_model import UserModel
 
     p = make("mlp_width", toy.name, {"n": 5, "width": 6, "m": 3, "scale": 6})
     assert sorted(p.data) == ["w", "x"] and p.data["x"].shape == (5,) and p.mode is None

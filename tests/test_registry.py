@@ -5,7 +5,8 @@ from torch.func import jacrev
 from jacbench import strategies
 from jacbench.bench.problems import problems
 from conftest import assert_agrees, cases
-from jacbench.strategies.registry import Strategy, UnknownName, add, always, remove
+from jacbench.strategies.names import UnknownName
+from jacbench.strategies.registry import Strategy, add, always, remove
 from jacbench.strategies.torch_model import torch_view
 
 MATRIX_FREE = ("jvp", "vjp")

@@ -35,7 +35,7 @@ PLANTED = ["torch.planted_raises", "torch.planted_hangs", "torch.planted_hog",
 
 def _sweep(results: Path, args, planted: bool):
     code = ("import sys; " + ("import planted_strategies; " if planted else "")
-            + "from jacbench.bench.cli import main; sys.exit(main(sys.argv[1:]))")
+            + "from jacbench.cli import main; sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     run = subprocess.run([sys.executable, "-c", code, "run", "--profile", "test", "--threads",
                           "1", "--results", str(results), "--quiet", *args], cwd=ROOT, env=env,

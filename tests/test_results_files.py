@@ -9,7 +9,7 @@ import pytest
 
 import jacbench
 from jacbench.bench import store
-from jacbench.bench.cli import main
+from jacbench.cli import main
 
 BAD = {
     "csv": ("a,b\n1,2\n", "first line is not JSON"),

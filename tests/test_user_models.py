@@ -2,7 +2,7 @@
 every bad input a new user might give (tests/bad_models.py), at tiny sizes.
 
 The command line runs once in a subprocess, as a user would; the bad-input cases call
-`bench.cli.main` here (their cases fork from this process with one thread each, which is safe
+`jacbench.cli.main` here (their cases fork from this process with one thread each, which is safe
 after torch has run here; see bench.isolation).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 import jacbench
 from jacbench.bench import store
-from jacbench.bench.cli import main
+from jacbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

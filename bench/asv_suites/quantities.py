@@ -27,7 +27,7 @@ import torch._dynamo  # noqa: F401
 
 from jacbench import strategies
 from jacbench.strategies.agreement import max_error
-from jacbench.strategies.registry import UnknownName
+from jacbench.strategies.names import UnknownName
 
 from .cases import asv_problems
 

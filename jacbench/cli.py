@@ -48,8 +48,9 @@ def _positive(kind):
 
 
 def _parser() -> _Parser:
-    from .runner import DEVICES, DTYPES, PROFILES
-    from .store import DEFAULT_PATH
+    from jacbench.bench.cases import DEVICES, DTYPES
+    from jacbench.bench.profiles import PROFILES
+    from jacbench.bench.store import DEFAULT_PATH
 
     top = _Parser(prog="jacbench", description="Benchmark and verify autodiff strategies.")
     sub = top.add_subparsers(dest="command", required=True,
@@ -135,9 +136,10 @@ def _parser() -> _Parser:
 
 def _cmd_list(args) -> int:
     from jacbench import strategies
-    from jacbench.strategies.registry import FRAMEWORKS, unknown
+    from jacbench.strategies.names import unknown
+    from jacbench.strategies.registry import FRAMEWORKS
 
-    from .problems import FAMILIES
+    from jacbench.bench.problems import FAMILIES
 
     quantities = args.quantity or list(strategies.QUANTITIES)
     for q in quantities:
@@ -202,14 +204,15 @@ def _ladder_lines(ladders: dict, quantities) -> list[str]:
 def _cmd_run(args) -> int:
     import os
 
-    from .runner import BadInput, select_cases, sweep
+    from jacbench.bench.cases import BadInput, select_cases
+    from jacbench.bench.runner import sweep
 
     cpus = len(os.sched_getaffinity(0))
     need = (args.threads or 1) * (args.jobs or 1)
     if need > cpus:
         raise BadInput(f"--threads {args.threads or 1} x --jobs {args.jobs or 1} needs {need} "
                        f"CPUs; this process may use {cpus}")
-    from .store import check
+    from jacbench.bench.store import check
 
     if not args.dry_run:
         check(args.results, must_exist=False)  # never append rows to a file that is not ours
@@ -222,8 +225,9 @@ def _cmd_run(args) -> int:
         cases = select_cases(args.profile, args.quantity, args.strategy, args.problem,
                              args.size, args.framework, args.device, args.dtype, args.mode)
     if args.dry_run:
-        from .estimate import dry_run_lines
-        from .runner import PROFILES, default_jobs
+        from jacbench.bench.estimate import dry_run_lines
+        from jacbench.bench.profiles import PROFILES
+        from jacbench.bench.runner import default_jobs
 
         jobs = args.jobs or default_jobs(args.threads or 1)
         print("\n".join(dry_run_lines(cases, PROFILES[args.profile], jobs)))
@@ -244,9 +248,9 @@ def _cmd_run(args) -> int:
 
 
 def _model_cases(args):
-    from .isolation import GB, Limits
-    from .runner import PROFILES
-    from .user import factory_cases
+    from jacbench.bench.isolation import GB, Limits
+    from jacbench.bench.profiles import PROFILES
+    from jacbench.bench.user import factory_cases
 
     for flag in ("problem", "size"):
         if getattr(args, flag):
@@ -266,7 +270,7 @@ def _model_cases(args):
 
 def _left_out(cases, args) -> list[str]:
     """The strategies of the other framework than the model's: one line each, not rows."""
-    from .user import check_names, left_out
+    from jacbench.bench.user import check_names, left_out
 
     _, names, fws, _ = check_names(args.quantity, args.strategy, args.framework, args.mode)
     return left_out(list({id(c.problem): c.problem for c in cases}.values()), names, fws)
@@ -275,7 +279,7 @@ def _left_out(cases, args) -> list[str]:
 def _model_verdict(cases, summary, args) -> int:
     """Problems the model could not run are named on stderr, one line each; exit status 2
     when no case could run at all (nothing ok or disagreeing)."""
-    from .user import blocked_reasons
+    from jacbench.bench.user import blocked_reasons
 
     for line in _left_out(cases, args):  # one line, not a row per case
         print(line)
@@ -287,7 +291,7 @@ def _model_verdict(cases, summary, args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .store import check
+    from jacbench.bench.store import check
 
     check(args.results)
     try:
@@ -305,9 +309,9 @@ def _cmd_report(args) -> int:
 def _cmd_calibrate(args) -> int:
     from jacbench.strategies.cost_model import CALIBRATION
 
-    from .calibrate import calibrate
+    from jacbench.bench.calibrate import calibrate
 
-    from .store import check as check_results
+    from jacbench.bench.store import check as check_results
 
     check_results(args.results)
     try:
@@ -317,7 +321,7 @@ def _cmd_calibrate(args) -> int:
     print("\n".join(lines))
     from jacbench.reports.auto import hit_rate  # measured: the torch.auto rows already in the results
 
-    from .store import load
+    from jacbench.bench.store import load
 
     df = load(args.results)
     for versus in ("torch", "all"):
@@ -330,9 +334,9 @@ def _cmd_calibrate(args) -> int:
 def _cmd_compare(args) -> int:
     from jacbench.reports.compare import compare_lines
 
-    from .store import load
+    from jacbench.bench.store import load
 
-    from .store import check
+    from jacbench.bench.store import check
 
     for path in (args.before, args.after):
         check(path)
@@ -342,11 +346,11 @@ def _cmd_compare(args) -> int:
 
 
 def main(argv=None) -> int:
-    from jacbench.strategies.registry import UnknownName
+    from jacbench.strategies.names import UnknownName
     from jacbench.strategies.user_model import UserModelError
 
-    from .runner import BadInput
-    from .store import BadResults
+    from jacbench.bench.cases import BadInput
+    from jacbench.bench.store import BadResults
 
     command = "jacbench"
     try:
