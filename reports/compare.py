@@ -125,8 +125,13 @@ def _tied(df: pd.DataFrame) -> set:
 
 def verdicts(before: pd.DataFrame, after: pd.DataFrame, tolerance: float = 0.10,
              min_time_s: float = 1e-3) -> Verdicts:
-    """Do the two runs give the same ranking? See Verdicts."""
-    a, b = ratios_to_fastest(before), ratios_to_fastest(after)
+    """Do the two runs give the same ranking? See Verdicts. Like with like: only the cases ok
+    in both runs take part, so a strategy that ran (or failed) in one run only, e.g. a
+    compiled twin added between them, does not move every other ratio of its problem."""
+    ok_both = set(before.loc[before["status"].eq("ok"), KEY]) & \
+        set(after.loc[after["status"].eq("ok"), KEY])
+    a = ratios_to_fastest(before[before[KEY].isin(ok_both)])
+    b = ratios_to_fastest(after[after[KEY].isin(ok_both)])
     both = a[[KEY, "median_s", "ratio"]].merge(b[[KEY, "median_s", "ratio"]], on=KEY,
                                                suffixes=("_a", "_b"))
     timed = both[(both["median_s_a"] > min_time_s) | (both["median_s_b"] > min_time_s)]

@@ -95,3 +95,15 @@ def test_verdicts_compare_ratios_to_the_fastest_and_the_fastest_itself(tmp_path)
     text = "\n".join(compare_lines(store.load(a), store.load(b)))
     assert "5 of 8 cases over 1 ms (62.5%)" in text and "2 of 3 problems (66.7%)" in text
     assert "torch.auto, first run: auto within 1.25x" in text
+
+
+def test_verdicts_compare_like_with_like_a_strategy_in_one_run_only_moves_nothing(tmp_path):
+    from jacbench.reports.compare import verdicts
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    _problem_rows(a, {"torch.jacrev": 2e-3, "torch.jacfwd": 4e-3})
+    # b also ran a compiled twin, twice as fast as anything: every ratio of b would halve.
+    _problem_rows(b, {"torch.jacrev": 2e-3, "torch.jacfwd": 4e-3,
+                      "torch.jacrev_compiled": 1e-3})
+    v = verdicts(store.load(a), store.load(b))
+    assert (v.cases, v.ratios_within, v.problems, v.same_or_tied) == (2, 2, 1, 1)
