@@ -70,9 +70,18 @@ def encode(row: dict) -> bytes:
 
 def append(path, row: dict) -> None:
     """Append one row atomically: one write of one line with O_APPEND, then fsync."""
+    append_rows(path, [row])
+
+
+def append_rows(path, rows: list[dict]) -> None:
+    """Append `rows` atomically, all or none: one write of their lines with O_APPEND, then
+    fsync (a cluster sweep appends a problem's rows together, so --resume after a crash
+    finds each problem whole or absent)."""
+    if not rows:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = encode(row)
+    data = b"".join(encode(row) for row in rows)
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         # The lock keeps another writer from growing the file between the look at its last
@@ -80,10 +89,10 @@ def append(path, row: dict) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # a torn line before us: start a fresh one
-        written = os.write(fd, line)
-        if written != len(line):  # a full disk; the torn line is skipped by load
-            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+            data = b"\n" + data  # a torn line before us: start a fresh one
+        written = os.write(fd, data)
+        if written != len(data):  # a full disk; the torn line is skipped by load
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -4,7 +4,7 @@
     jacbench run [--profile quick|full|test] [--quantity Q] [--strategy S] [--problem FAMILY]
                  [--size LABEL|SCALE] [--device cpu|cuda] [--dtype float32|float64]
                  [--framework F] [--results PATH] [--resume] [--timeout S] [--mem-cap GB]
-                 [--threads T] [--jobs N] [--quiet]
+                 [--threads T] [--jobs N] [--quiet] [--scheduler ADDRESS]
     jacbench run --model MODULE:FACTORY --input-shape 3,32,32 [--batch 8,32] [--outputs M]
                  [--quantity Q] [--strategy S] [--mode M] [--seed N] [...the options above]
     jacbench report RESULTS [--out PATH]
@@ -87,6 +87,10 @@ def _parser() -> _Parser:
                      help="cases run side by side, each on its own CPUs, timed one at a time "
                           "(default: CPUs / threads, at most 2)")
     run.add_argument("--quiet", action="store_true", help="one line per case, no bar")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="run the problems on the Dask cluster of this scheduler "
+                          "(tcp://HOST:8786), one problem per worker; this machine only "
+                          "selects the cases and writes the results")
     run.add_argument("--dry-run", action="store_true",
                      help="print the cases and an estimated time; run nothing")
     own = run.add_argument_group(
@@ -209,15 +213,24 @@ def _cmd_run(args) -> int:
 
     cpus = len(os.sched_getaffinity(0))
     need = (args.threads or 1) * (args.jobs or 1)
-    if need > cpus:
+    if need > cpus and not args.scheduler:  # with --scheduler, the workers' CPUs count
         raise BadInput(f"--threads {args.threads or 1} x --jobs {args.jobs or 1} needs {need} "
                        f"CPUs; this process may use {cpus}")
     from jacbench.bench.store import check
 
     if not args.dry_run:
         check(args.results, must_exist=False)  # never append rows to a file that is not ours
+    if args.model and args.scheduler:
+        raise _Usage("jacbench run: --scheduler runs the built-in problems; a --model runs on "
+                     "this machine")
     if args.model:
         cases = _model_cases(args)
+    elif args.scheduler:
+        from jacbench.bench import distributed
+
+        cases = distributed.select_cases(args.profile, args.quantity, args.strategy,
+                                         args.problem, args.size, args.framework,
+                                         device=args.device, dtype=args.dtype, modes=args.mode)
     else:
         for flag in ("input_shape", "batch", "outputs"):
             if getattr(args, flag):
@@ -234,10 +247,16 @@ def _cmd_run(args) -> int:
         if args.model:
             print("\n".join(_left_out(cases, args)))
         return 0
-    summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
-                    mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
-                    resume=args.resume,
-                    quiet=args.quiet)
+    if args.scheduler:
+        summary = distributed.sweep_on_cluster(
+            cases, args.scheduler, args.results, profile=args.profile, timeout_s=args.timeout,
+            mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs, resume=args.resume,
+            quiet=args.quiet)
+    else:
+        summary = sweep(cases, args.results, profile=args.profile, timeout_s=args.timeout,
+                        mem_cap_gb=args.mem_cap, threads=args.threads, jobs=args.jobs,
+                        resume=args.resume,
+                        quiet=args.quiet)
     print(summary)
     if summary.interrupted:
         print("interrupted: rerun with --resume to continue", file=sys.stderr)
