@@ -25,6 +25,7 @@ from pathlib import Path
 
 from jacbench.strategies import cost_model
 from jacbench.strategies.problem import Problem
+from jacbench.strategies.torch_auto import AUTO
 
 from . import store
 from .problems import FAMILIES, make
@@ -49,7 +50,8 @@ def _is_candidate_row(r: dict) -> bool:
     name = str(r.get("strategy"))
     return (r.get("device") == "cpu" and r.get("dtype") == "float32"
             and r.get("framework") == "torch" and bool(r.get("exact"))
-            and not name.endswith(".auto") and r.get("family") in FAMILIES)
+            and name != AUTO and "compiled" not in (r.get("tags") or ())
+            and r.get("family") in FAMILIES)
 
 
 def _rebuild(r: dict, cache: dict) -> Problem | None:

@@ -19,7 +19,7 @@ def kind(strategy) -> str:
     if "compiled" in getattr(strategy, "tags", ()):
         return "compiled"
     if strategy.framework == "jax":
-        return "jax_jit" if strategy.name.endswith("_jit") else "jax"
+        return "jax_jit" if "jit" in strategy.tags else "jax"
     return "torch"
 
 

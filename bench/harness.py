@@ -286,11 +286,11 @@ FORWARD_KINDS = ("torch eager", "torch compiled", "jax jit", "jax eager")
 
 
 def forward_kind(strategy: Strategy) -> str:
-    """The forward pass `strategy` is compared with: JAX strategies named *_jit run under
+    """The forward pass `strategy` is compared with: JAX strategies tagged "jit" run under
     jax.jit (strategies.jax_model.register_jax), other JAX ones op by op; BackPACK and
     curvlinops run on eager torch modules."""
     if strategy.framework == "jax":
-        return "jax jit" if strategy.name.endswith("_jit") else "jax eager"
+        return "jax jit" if "jit" in strategy.tags else "jax eager"
     return "torch compiled" if "compiled" in strategy.tags else "torch eager"
 
 

@@ -62,7 +62,7 @@ def _quick_trim(case, rank: int, sizes: int) -> bool:
         return True
     if p.mode not in (None, "full"):  # the NTK's trace and diagonal modes
         return rank == 0 and sizes > 1
-    if s.name.endswith("_jit") and "loop" not in s.name:
+    if "jit" in s.tags and "baseline" not in s.tags:  # the per-sample loop is the baseline
         return True
     return rank == 0
 

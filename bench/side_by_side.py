@@ -14,6 +14,7 @@ import time
 
 from jacbench.strategies.problem import Problem
 from jacbench.strategies.registry import Strategy
+from jacbench.strategies.torch_auto import AUTO
 
 from .failures import one_line
 from .harness import force, forward_callable, forward_kind, start_backend
@@ -58,7 +59,7 @@ def time_problem(strategies: list[Strategy], problem: Problem, device: str, dtyp
     # torch.auto runs one of the others: its rivals are the concrete strategies, as in the
     # report (reports.summary), so it is compared with the fastest but never named it.
     exact = [s.name for s in strategies if s.name in fns and s.exact
-             and not s.name.endswith(".auto")]
+             and s.name != AUTO]
     stats = summarize(timed, names, exact, rounds)
     out = {}
     for name in names:

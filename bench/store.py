@@ -182,5 +182,33 @@ def load(path=DEFAULT_PATH, latest: bool = True) -> pd.DataFrame:
     return df
 
 
+def _tag_set(value) -> frozenset | None:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return frozenset(value)
+    if isinstance(value, str):  # a CSV round trip: "dense,matrix-free"
+        return frozenset(t for t in value.split(",") if t)
+    return None  # missing: a row written before rows had tags
+
+
+def with_tags(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with its `tags` column as frozensets. Rows without tags (files written before
+    rows had them) get their strategy's tags from this checkout's registry, or none for a
+    strategy it does not register."""
+    df = df.copy()
+    tags = [_tag_set(v) for v in (df["tags"] if "tags" in df else [None] * len(df))]
+    if any(t is None for t in tags):
+        from jacbench.strategies.registry import tags_of  # late: imports every strategy
+
+        tags = [frozenset(tags_of(q, s)) if t is None else t
+                for t, q, s in zip(tags, df["quantity"], df["strategy"])]
+    df["tags"] = pd.Series(tags, index=df.index, dtype=object)
+    return df
+
+
+def has_tag(df: pd.DataFrame, tag: str) -> pd.Series:
+    """Which rows of `with_tags(df)` carry `tag`."""
+    return df["tags"].map(lambda t: tag in t).astype(bool)
+
+
 def done_case_ids(path) -> set[str]:
     return {r["case_id"] for r in read_rows(path) if "case_id" in r}

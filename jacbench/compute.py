@@ -198,12 +198,12 @@ def _auto(p) -> str:
 
     if p.spec.framework == "torch":
         return TORCH_AUTO
-    cands = [s.name for s in strategies.strategies(p.quantity, framework="jax", exact=True)
-             if s.not_applicable(p) is None]
+    cands = {s.name: s for s in strategies.strategies(p.quantity, framework="jax", exact=True)
+             if s.not_applicable(p) is None}
     if not cands:
         raise UserModelError(f"{p.quantity}: no exact JAX strategy applies to this function")
-    ranked = [c.name for c in cost_model.rank(p, cands)]
-    return sorted(ranked, key=lambda n: (not n.endswith("_jit"), ranked.index(n)))[0]
+    ranked = [c.name for c in cost_model.rank(p, list(cands))]
+    return sorted(ranked, key=lambda n: ("jit" not in cands[n].tags, ranked.index(n)))[0]
 
 
 def prepare(name: str, model, *args, mode: str | None = None, strategy: str = AUTO,

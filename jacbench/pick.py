@@ -11,6 +11,7 @@ import dataclasses
 import pandas as pd
 
 from .compute import compute, prepare
+from jacbench.strategies.torch_auto import AUTO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def best(results: pd.DataFrame, quantity: str | None = None, mode: str | None = 
                                  f"{', '.join(sorted(map(str, set(df[col].dropna())))) or 'none'}")
             df = df[df[col] == value]
     ok = df[(df["status"] == "ok") & df["exact"].fillna(False).astype(bool)
-            & ~df["strategy"].str.endswith(".auto")]
+            & (df["strategy"] != AUTO)]
     if ok.empty:
         raise ValueError("no exact strategy ran ok in these results: nothing to pick")
     kinds = sorted({(q, m if isinstance(m, str) else None)

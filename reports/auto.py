@@ -20,13 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from jacbench.bench import store
+from jacbench.strategies.torch_auto import AUTO
+
 THRESHOLD = 1.25
 KEY = ["quantity", "problem", "device", "dtype"]
 _PICKED = re.compile(r"picked (\S+?)[:;,]?(?:\s|$)")
 
 
 def is_auto(name) -> bool:
-    return isinstance(name, str) and name.endswith(".auto")
+    return name == AUTO
 
 
 def picked(message) -> str | None:
@@ -41,28 +44,21 @@ def _ok_exact(rows: pd.DataFrame) -> pd.DataFrame:
                 & ~rows["strategy"].map(is_auto)]
 
 
-def _compiled(row) -> bool:
-    """A compiled twin (registry tag "compiled", strategies.torch_compiled): auto never picks
-    one, since it cannot amortise the compile, so it is no rival of auto's "torch" rate."""
-    from jacbench import strategies
-
-    try:
-        return "compiled" in strategies.get(row["quantity"], row["strategy"]).tags
-    except KeyError:  # a strategy this checkout does not register (UnknownName)
-        return False
-
-
 def auto_cases(df: pd.DataFrame, versus: str = "torch") -> pd.DataFrame:
     """One row per case (module docstring); `versus` "torch" or "all"."""
     out = []
+    df = store.with_tags(df)
     autos = df[df["strategy"].map(is_auto)]
     for _, a in autos.iterrows():
         same = df
         for col in KEY:
             same = same[same[col] == a[col]]
         rivals = _ok_exact(same)
-        if versus == "torch":  # the strategies auto picks among: eager PyTorch, not compiled
-            rivals = rivals[(rivals["framework"] == "torch") & ~rivals.apply(_compiled, axis=1)]
+        # The strategies auto picks among: eager PyTorch. A compiled twin (tag "compiled") is
+        # none: auto cannot amortise its compile.
+        if versus == "torch":
+            rivals = rivals[(rivals["framework"] == "torch")
+                            & ~store.has_tag(rivals, "compiled")]
         if rivals.empty:
             continue
         best = rivals.sort_values(["median_s", "strategy"]).iloc[0]

@@ -11,7 +11,8 @@ import re
 
 import pandas as pd
 
-from jacbench.strategies.torch_compiled import SUFFIX
+from jacbench.bench import store
+from jacbench.strategies.torch_compiled import EAGER
 
 _BREAKS = re.compile(r"(\d+) graph break\(s\)")
 _CACHE = re.compile(r"inductor cache ([^;]+)")
@@ -29,12 +30,13 @@ def compiled_vs_eager(df: pd.DataFrame) -> pd.DataFrame:
             "compiled_s", "speedup", "compile_s", "graph_breaks", "cache"]
     if "strategy" not in df or df.empty:
         return pd.DataFrame(columns=cols)
-    twins = df[df["strategy"].astype(str).str.endswith(SUFFIX)]
+    df = store.with_tags(df)
+    twins = df[store.has_tag(df, "compiled")]
     key = ["quantity", "problem", "device", "dtype"]
     eager = df.set_index(key + ["strategy"])
     rows = []
     for r in twins.itertuples():
-        name = r.strategy[:-len(SUFFIX)]
+        name = EAGER.get((r.quantity, r.strategy))  # None: a twin this checkout lacks
         try:
             e = eager.loc[(r.quantity, r.problem, r.device, r.dtype, name)]
         except KeyError:

@@ -81,7 +81,7 @@ def _rank(sub: pd.DataFrame, metric: str) -> list[str]:
 def _select(sub: pd.DataFrame, metric: str, top_k: int) -> tuple[list[str], list[str]]:
     ranked = _rank(sub, metric)
     shown = ranked[:top_k]
-    base = baseline_name(sub["strategy"])
+    base = baseline_name(sub)
     extra = [base] if base in ranked and base not in shown else []
     failing = [s for s in ranked if s not in shown and s not in extra
                and sub.loc[sub["strategy"] == s, "status"].isin(FAILED).any()]

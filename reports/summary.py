@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from jacbench.bench import store
+from jacbench.strategies.torch_auto import AUTO
 
 # FAILED are failures to produce a timed answer; `disagrees` produced a wrong one;
 # `not_applicable` was never attempted, by design.
@@ -22,15 +23,12 @@ STATUSES = store.STATUSES
 FAILED = ("error", "timeout", "oom", "skipped")
 FRAMEWORK_ORDER = ("torch", "jax", "backpack", "curvlinops")  # display order; others last
 
-# The naive baseline of a problem: the first pattern with a matching strategy name wins;
-# among several matches a torch strategy, then the shortest name, then the alphabetically
-# first. Autograd loops first (the approach users start from), then the dense routes.
-BASELINE_PATTERNS = ("autograd_loop", "dense", "functional", "full", "loop")
-BASELINE_RULE = ("The naive baseline of a problem is the strategy whose name contains "
-                 "\u201cautograd_loop\u201d; if none does, \u201cdense\u201d, then "
-                 "\u201cfunctional\u201d, then \u201cfull\u201d, then \u201cloop\u201d (first "
-                 "pattern that matches; among several matches a torch strategy, then the "
-                 "shortest name).")
+# The naive baseline of a problem: the strategy its registration tags "baseline" (the
+# questions' own code or the plain autograd loop), by tag, never by name, so that renaming a
+# strategy changes no verdict. One per quantity and framework; a torch one first.
+BASELINE_RULE = ("The naive baseline of a problem is the strategy tagged \u201cbaseline\u201d "
+                 "where it is registered: the questions' own code or the plain autograd loop "
+                 "(a torch one first, then an un-jitted one).")
 
 NUMERIC = ("scale", "params", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
            "peak_mem_bytes", "max_error", "tolerance", "noise_floor", "threads", "rounds",
@@ -115,10 +113,11 @@ def _sizes(v) -> dict:
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """The results with derived columns the tables and figures share.
 
-    Added: `method` (the strategy name without framework and `_jit`), `jit`, `panel`
-    (family plus NTK mode), `setting` (device and dtype), `rel_forward` (median ÷ one forward).
+    Added: `method` (the strategy name without framework and `_jit`), `jit` (tag "jit"),
+    `panel` (family plus NTK mode), `setting` (device and dtype), `rel_forward` (median ÷ one
+    forward); `tags` becomes frozensets (store.with_tags: from the registry for old rows).
     """
-    df = df.copy()
+    df = store.with_tags(df)
     for col in ("quantity", "problem", "family", "size", "mode", "strategy", "framework",
                 "device", "dtype", "status", "message", "run_id", "timestamp", "reference",
                 *ENV_COLUMNS):
@@ -134,8 +133,9 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
                        for f, s in zip(df["framework"], df["strategy"])]
     df["sizes"] = df["sizes"].map(_sizes) if "sizes" in df else [{}] * len(df)
     variant = df["strategy"].astype(str).str.split(".", n=1).str[-1]
-    df["jit"] = variant.str.endswith("_jit")
-    df["method"] = variant.str.replace(r"_jit$", "", regex=True)
+    df["jit"] = store.has_tag(df, "jit")
+    # The colour key of the figures, so a jit twin shares its eager strategy's colour.
+    df["method"] = variant.where(~df["jit"], variant.str.replace(r"_jit$", "", regex=True))
     df["panel"] = [f"{f}[{m}]" if m else str(f) for f, m in zip(df["family"], df["mode"])]
     df["setting"] = df["device"].astype(str) + " " + df["dtype"].astype(str)
     ok = df["status"].eq("ok")
@@ -154,19 +154,19 @@ def framework_key(f: str) -> tuple:
     return (FRAMEWORK_ORDER.index(f) if f in FRAMEWORK_ORDER else len(FRAMEWORK_ORDER), f)
 
 
-def baseline_name(names) -> str | None:
-    """The naive baseline among `names` by BASELINE_PATTERNS (see BASELINE_RULE)."""
-    names = sorted(set(names))
-    for pat in BASELINE_PATTERNS:
-        hits = [n for n in names if pat in n.split(".", 1)[-1]]
-        if hits:
-            return min(hits, key=lambda n: (not n.startswith("torch."), len(n), n))
-    return None
+def baseline_name(rows: pd.DataFrame) -> str | None:
+    """The naive baseline among the normalized `rows` (see BASELINE_RULE)."""
+    base = rows[store.has_tag(rows, "baseline")]
+    if base.empty:
+        return None
+    keys = [(framework_key(f), bool(j), n)
+            for f, j, n in zip(base["framework"], base["jit"], base["strategy"].astype(str))]
+    return min(keys)[2]
 
 
 def _ok_exact(rows: pd.DataFrame) -> pd.DataFrame:
     # torch.auto runs one of the others: "fastest" names the concrete strategy instead.
-    auto = rows["strategy"].astype(str).str.endswith(".auto")
+    auto = rows["strategy"].astype(str).eq(AUTO)
     return rows[rows["status"].eq("ok") & rows["exact"] & rows["median_s"].notna() & ~auto]
 
 
@@ -194,7 +194,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         missing = frameworks.get((rec["quantity"], rec["setting"]), set()) - here
         rec["not_run"] = ", ".join(sorted(missing, key=framework_key))
         good = _ok_exact(rows).sort_values(["median_s", "strategy"])
-        base = baseline_name(rows["strategy"])
+        base = baseline_name(rows)
         base_rows = rows[rows["strategy"] == base]
         rec.update(strategies=rows["strategy"].nunique(), ok=int(len(good)),
                    # every row named: "ok_rows of n_rows ok; <not_ok>" adds up
@@ -485,8 +485,8 @@ class Duel:
 def _duel(rows: pd.DataFrame, is_a, is_b, framework: str | None, problems=None) -> Duel | None:
     """A against B at the largest scale where A has an ok exact row and B has any row.
 
-    `is_a`/`is_b` take a strategy name; `framework` restricts both sides (None: any);
-    `problems` restricts to these problem ids.
+    `is_a`/`is_b` take a row (its strategy and tags: `_tagged`); `framework` restricts both
+    sides (None: any); `problems` restricts to these problem ids.
     """
     if framework is not None:
         rows = rows[rows["framework"] == framework]
@@ -494,8 +494,8 @@ def _duel(rows: pd.DataFrame, is_a, is_b, framework: str | None, problems=None) 
         rows = rows[rows["problem"].isin(problems)]
     if rows.empty:
         return None
-    a_rows = rows[rows["strategy"].map(is_a).astype(bool)]
-    b_rows = rows[rows["strategy"].map(is_b).astype(bool)]
+    a_rows = rows[rows.apply(is_a, axis=1).astype(bool)]
+    b_rows = rows[rows.apply(is_b, axis=1).astype(bool)]
     ok_a = _ok_exact(a_rows)
     both = sorted(set(ok_a["problem"]) & set(b_rows["problem"]),
                   key=lambda p: (rows.loc[rows["problem"] == p, "scale"].max(), p))
@@ -555,18 +555,26 @@ def _name(s: str) -> str:
     return re.sub(r"_jit$", "", s.split(".", 1)[-1])
 
 
+def _tagged(tag: str, without: str | None = None):
+    """A row predicate for `_duel`: the strategy has `tag` (and not `without`)."""
+    return lambda r: tag in r["tags"] and (without is None or without not in r["tags"])
+
+
+def _named(*names: str):
+    """A row predicate for `_duel` by method name (a claim about jacfwd against jacrev)."""
+    return lambda r: _name(r["strategy"]) in names and not r["tags"] & {"compiled"}
+
+
 def _seed000(df, c: Claim) -> None:
-    # Matrix-free: the jvp/vjp routes that never store J; dense: names with "dense".
-    mf = ("jvp_vjp", "linearize_transpose", "double_backward")
     c.rule = ("ggn_vp on seed000_mlp, per framework, at the largest batch measured: the fastest "
-              "matrix-free strategy (name contains " + ", ".join(mf) + ") against the fastest "
-              "dense one (name contains \u201cdense\u201d), in median time and in peak memory "
-              "(of those two rows). Confirmed when matrix-free is faster and leaner, or when the "
-              "dense route failed where matrix-free ran.")
+              "matrix-free strategy (tagged \u201cmatrix-free\u201d: never stores J) against "
+              "the fastest dense one (tagged \u201cdense\u201d), in median time and in peak "
+              "memory (of those two rows). Confirmed when matrix-free is faster and leaner, or "
+              "when the dense route failed where matrix-free ran.")
     rows = _rows(df, "ggn_vp", "seed000_mlp")
     flags = []
     for f in _frameworks(rows):
-        d = _duel(rows, lambda s: _name(s) in mf, lambda s: "dense" in _name(s), f)
+        d = _duel(rows, _tagged("matrix-free"), _tagged("dense"), f)
         if d is None:
             continue
         c.evidence.append(_duel_text(d, "matrix-free", "dense", memory=d.b is not None))
@@ -580,12 +588,13 @@ def _seed000(df, c: Claim) -> None:
 
 def _seed001(df, c: Claim) -> None:
     c.rule = ("cross_jacobian on seed001_sqrt, per framework, at the largest n measured: the "
-              "fastest vmap(jvp\u2218vjp) strategy (name contains \u201cvmap_jvp_vjp\u201d) "
-              "against the fastest dense one (\u201cdense\u201d). Confirmed when it is faster.")
+              "fastest indirect jvp\u2218vjp strategy (tagged \u201cmatrix-free\u201d) "
+              "against the fastest dense one (tagged \u201cdense\u201d). Confirmed when it is "
+              "faster.")
     rows = _rows(df, "cross_jacobian", "seed001_sqrt")
     flags = []
     for f in _frameworks(rows):
-        d = _duel(rows, lambda s: _name(s) == "vmap_jvp_vjp", lambda s: "dense" in _name(s), f)
+        d = _duel(rows, _tagged("matrix-free"), _tagged("dense"), f)
         if d is None:
             continue
         c.evidence.append(_duel_text(d, "vmap(jvp\u2218vjp)", "dense", memory=d.b is not None))
@@ -594,16 +603,15 @@ def _seed001(df, c: Claim) -> None:
 
 
 def _seed002(df, c: Claim) -> None:
-    cheap = ("single_jvp", "sum_trick", "onehot_backward")
     c.rule = ("jac_diag on seed002_netx, per framework, at the largest batch measured: the "
-              "fastest strategy that uses one jvp or one backward per output channel (names "
-              + ", ".join(cheap) + ") against the fastest full-Jacobian one (name contains "
-              "\u201cfull\u201d). Confirmed at \u2265100\u00d7 (orders of magnitude); faster "
-              "but by less than 100\u00d7 is partly confirmed.")
+              "fastest strategy that never forms the full Jacobian (one jvp, or one backward "
+              "per output channel: tagged \u201cmatrix-free\u201d) against the fastest "
+              "full-Jacobian one (tagged \u201cdense\u201d). Confirmed at \u2265100\u00d7 "
+              "(orders of magnitude); faster but by less than 100\u00d7 is partly confirmed.")
     rows = _rows(df, "jac_diag", "seed002_netx")
     flags, partly = [], False
     for f in _frameworks(rows):
-        d = _duel(rows, lambda s: _name(s) in cheap, lambda s: "full" in _name(s), f)
+        d = _duel(rows, _tagged("matrix-free"), _tagged("dense"), f)
         if d is None:
             continue
         c.evidence.append(_duel_text(d, "the cheap route", "the full Jacobian",
@@ -664,9 +672,9 @@ def _seed004(df, c: Claim) -> None:
     c.rule = ("jacobian on seed004_linear_tanh: at the problem with the most outputs per input "
               "(m > n) jacfwd must beat jacrev, and at the one with the most inputs per output "
               "(n > m) jacrev must beat jacfwd, comparing the same framework and the same jit "
-              "setting; then, at the problem with the most outputs, the fastest torch vmap "
-              "strategy (jacrev, vmap_vjp) must beat torch.autograd_loop, and on batch_jacobian "
-              "the fastest torch vmap_* strategy must beat torch.autograd_loop.")
+              "setting; then, at the problem with the most outputs, the fastest eager torch "
+              "strategy other than the baseline loop (tagged \u201cbaseline\u201d) must beat "
+              "that loop, and on batch_jacobian likewise.")
     rows = _rows(df, "jacobian", "seed004_linear_tanh")
     flags = []
     if len(rows):
@@ -684,28 +692,29 @@ def _seed004(df, c: Claim) -> None:
             for f in _frameworks(at):
                 for jit in (False, True):
                     sub = at[(at["framework"] == f) & (at["jit"] == jit)]
-                    d = _duel(sub, lambda s, w=winner: _name(s) == w,
-                              lambda s, lo=loser: _name(s) == lo, None)
+                    d = _duel(sub, _named(winner), _named(loser), None)
                     if d is None:
                         continue
                     d.framework = f + (" jit" if jit else "")
                     c.evidence.append(f"{label}: " + _duel_text(d, winner, loser))
                     flags.append(d.b is None or d.time_ratio > 1)
-        loop = "torch.autograd_loop"
         if tall or wide:
             p = max(nm, key=lambda p: (nm[p][1], nm[p][0]))
-            d = _duel(rows, lambda s: s in ("torch.jacrev", "torch.vmap_vjp"),
-                      lambda s: s == loop, "torch", [p])
+            d = _duel(rows, _vectorised, _tagged("baseline"), "torch", [p])
             if d is not None:
                 c.evidence.append("vmap vs loop: " + _duel_text(d, "vmap", "the loop"))
                 flags.append(d.b is None or d.time_ratio > 1)
     brows = _rows(df, "batch_jacobian", "seed004_linear_tanh")
-    d = _duel(brows, lambda s: s.startswith("torch.vmap_"), lambda s: s == "torch.autograd_loop",
-              "torch")
+    d = _duel(brows, _vectorised, _tagged("baseline"), "torch")
     if d is not None:
         c.evidence.append("batch_jacobian, vmap vs loop: " + _duel_text(d, "vmap", "the loop"))
         flags.append(d.b is None or d.time_ratio > 1)
     c.verdict = _overall(flags)
+
+
+def _vectorised(r) -> bool:
+    """seed004's "vmap" side: an eager route other than the baseline loop."""
+    return not r["tags"] & {"baseline", "compiled"}
 
 
 _JUDGES = {"000": _seed000, "001": _seed001, "002": _seed002, "003": _seed003, "004": _seed004}

@@ -117,14 +117,6 @@ def test_summary_agrees_with_the_raw_rows(rows):
     assert by_q["jac_diag"] == "torch.full_functional"
 
 
-def test_every_registered_quantity_has_a_baseline():
-    from jacbench import strategies
-
-    for q in strategies.QUANTITIES:
-        names = [s.name for s in strategies.strategies(quantity=q)]
-        assert S.baseline_name(names) in names, q
-
-
 def test_recommendations_are_derived_from_the_summary(rows, page):
     table = S.summary_table(rows)
     html = page.read_text()
