@@ -2,10 +2,12 @@
 (strategies.cost_model, coefficients in auto_calibration.json) ranks first for the problem.
 
 Candidates are the registered exact torch strategies that apply to the problem, never an
-approximate one and never an `auto`. The pick is prepared and returned as is, so its time is
-the pick's time. A candidate whose prepare raises is passed over for the next one. The
-prepared callable's `notes` say what was picked and why; the harness writes them into the
-result row's message ("picked torch.single_jvp: cost model predicts ...").
+approximate one, never a compiled twin (tag "compiled") and never auto itself. The pick is
+prepared and returned as is, so its time is the pick's time. A candidate whose prepare or
+first call raises (a user's model without the forward-mode rule torch.ntk_vps needs, say) is
+passed over for the next one, and the note says so. The prepared callable's `notes` say what
+was picked and why; the harness writes them into the result row's message ("picked
+torch.single_jvp: cost model predicts ...").
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ AUTO = "torch.auto"
 def candidates(problem: Problem) -> list[Strategy]:
     # Never a compiled twin: its first call compiles for seconds to minutes, which a pick
     # made per call cannot amortise.
-    return [s for s in strategies(problem.quantity, framework="torch", exact=True)
-            if not s.name.endswith(".auto") and "compiled" not in s.tags
-            and s.not_applicable(problem) is None]
+    return [s for s in strategies(problem.quantity, framework="torch", exact=True,
+                                  without="compiled")
+            if s.name != AUTO and s.not_applicable(problem) is None]
 
 
 def _applies(problem: Problem) -> str | None:
@@ -32,30 +34,58 @@ def _applies(problem: Problem) -> str | None:
 def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = None):
     """Picks the exact torch strategy a cost model fitted to this suite's measurements
     predicts fastest for the shapes (n, m, batch, parameters, forward work, NTK mode), and runs
-    it. Cost: the pick's, plus microseconds of ranking."""
+    it; a pick that fails to prepare or on its first call (an op of the model without the
+    forward-mode or vmap rule it needs) gives way to the next. Cost: the pick's, plus
+    microseconds of ranking."""
     cands = candidates(problem)
     if not cands:
         raise ValueError(_applies(problem))
     choices = cost_model.rank(problem, [s.name for s in cands], calibration)
-    passed = []
-    for i, choice in enumerate(choices):
-        pick = get(problem.quantity, choice.name)
-        try:
-            fn = pick.prepare(problem, device, dtype, **pick.options)
-        except Exception as exc:  # noqa: BLE001 - the next candidate may well work
-            passed.append(f"{choice.name} ({type(exc).__name__}: {str(exc)[:80]})")
-            continue
+    key = cost_model.problem_key(problem)
+    passed: list[str] = []
 
-        def run(fn=fn):
-            return fn()
+    def prepare_from(start: int):
+        for i in range(start, len(choices)):
+            pick = get(problem.quantity, choices[i].name)
+            try:
+                return i, pick.prepare(problem, device, dtype, **pick.options)
+            except Exception as exc:  # noqa: BLE001 - the next candidate may well work
+                passed.append(f"{choices[i].name} (prepare: {_short(exc)})")
+        raise RuntimeError("every candidate failed: " + ", ".join(passed))
 
-        note = cost_model.explain(choices[i:], cost_model.problem_key(problem))
+    def note(i: int, fn) -> list[str]:
+        text = cost_model.explain(choices[i:], key)
         if passed:
-            note += "; passed over, prepare failed: " + ", ".join(passed)
-        run.picked = choice.name
-        run.notes = [note, *getattr(fn, "notes", ())]
-        return run
-    raise RuntimeError("every candidate failed to prepare: " + ", ".join(passed))
+            text += "; passed over: " + ", ".join(passed)
+        return [text, *getattr(fn, "notes", ())]
+
+    i, fn = prepare_from(0)
+    first = [True]
+
+    def run():
+        nonlocal i, fn
+        if not first[0]:
+            return fn()
+        # The pick is only known to work once it has run: a user's model may lack a rule
+        # that the pick's transform needs, which no look at the problem can tell cheaply.
+        while True:
+            try:
+                out = fn()
+                break
+            except Exception as exc:  # noqa: BLE001 - the next candidate may well work
+                passed.append(f"{choices[i].name} (first call: {_short(exc)})")
+                i, fn = prepare_from(i + 1)
+        first[0] = False
+        run.picked, run.notes = choices[i].name, note(i, fn)
+        return out
+
+    run.picked, run.notes = choices[i].name, note(i, fn)
+    return run
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:100] if lines else ''}"
 
 
 for _q in QUANTITIES:

@@ -169,7 +169,7 @@ def test_a_candidate_that_fails_to_prepare_is_passed_over():
                            calibration=_calibration({"torch.zz_broken": 1e-9,
                                                      "torch.jacrev": 1e-3}))
         assert run.picked == "torch.jacrev"
-        assert "passed over, prepare failed: torch.zz_broken (ZeroDivisionError" in run.notes[0]
+        assert "passed over: torch.zz_broken (prepare: ZeroDivisionError" in run.notes[0]
     finally:
         strategies.registry.remove("jacobian", "torch.zz_broken")
 
