@@ -51,8 +51,10 @@ def _probe(address: str) -> None:
     """Fail fast, with one line, when nothing listens at a tcp address (a Client that cannot
     connect waits its whole timeout, then leaves a traceback behind at exit)."""
     from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
 
     scheme, loc = parse_address(address)  # ValueError: a bad address
+    get_backend(scheme)  # ValueError: a scheme Dask does not know
     if scheme != "tcp":
         return
     host, port = parse_host_port(loc)  # ValueError without a port
