@@ -21,6 +21,19 @@ $(STAMP): pyproject.toml
 peers: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps backpack-for-pytorch curvlinops-for-pytorch
 	$(PY) -m pip install --quiet einops unfoldNd einconv linear_operator opt-einsum scipy tqdm
+	$(MAKE) $(NT_STAMP)
+
+# neural-tangents runs only on JAX 0.4.23 (Python 3.9-3.12 wheels), so it gets an environment
+# of its own, run out of process by strategies/peer_neural_tangents.py. It pulls in TensorFlow
+# (its experimental module imports it on `import neural_tangents`): about 2.6 GB.
+NT_VENV  ?= .venv-nt
+NT_STAMP := $(NT_VENV)/.jacbench-installed
+$(NT_STAMP):
+	@test -x $(NT_VENV)/bin/python || $(PYTHON) -m venv $(NT_VENV)
+	$(NT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NT_VENV)/bin/python -m pip install --quiet neural-tangents==0.6.5 jax==0.4.23 \
+		jaxlib==0.4.23 "numpy<2"
+	@touch $(NT_STAMP)
 
 # Two pytest-xdist workers, one test file each at a time (a file's module fixtures are built
 # once): 7m45s from a fresh clone on an idle 2-core machine, venv included. TEST_ARGS= runs
@@ -87,4 +100,4 @@ asv-publish: $(STAMP)
 	@echo "open .asv/html/index.html (or: $(ASV) preview)"
 
 clean:
-	rm -rf $(VENV) .pytest_cache results reports/out
+	rm -rf $(VENV) $(NT_VENV) .pytest_cache results reports/out

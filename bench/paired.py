@@ -114,6 +114,16 @@ def periods(blocks: dict, rounds: Rounds) -> dict:
     return out
 
 
+def cpu_clock(fns: dict):
+    """The CPU-time clock for timing `fns`: this process's CPU time, plus that of the worker
+    processes of out-of-process callables (those with `peer_cpu_s()`, e.g. neural-tangents in
+    its own environment), whose work this process's CPU time would not see."""
+    peers = [fn.peer_cpu_s for fn in fns.values() if hasattr(fn, "peer_cpu_s")]
+    if not peers:
+        return time.process_time
+    return lambda: time.process_time() + sum(cpu() for cpu in peers)
+
+
 def run_rounds(fns: dict, rounds: Rounds, clock=time.perf_counter, rng=None,
                estimates: dict | None = None, budget_clock=None) -> dict:
     """Time the callables of `fns` (name -> zero-argument callable, each called once before)

@@ -18,7 +18,7 @@ from jacbench.strategies.torch_auto import AUTO
 
 from .failures import one_line
 from .harness import force, forward_callable, forward_kind, start_backend
-from .paired import Rounds, run_rounds, summarize
+from .paired import Rounds, cpu_clock, run_rounds, summarize
 
 FORWARD = "forward:"  # name prefix of the forward passes among the timed callables
 
@@ -50,8 +50,9 @@ def time_problem(strategies: list[Strategy], problem: Problem, device: str, dtyp
             fns[FORWARD + kind] = fn
         except Exception as exc:  # noqa: BLE001 - the rows then have no forward_s
             failed[FORWARD + kind] = one_line(exc)
-    # CPU time on the CPU (see bench.paired); a GPU's work is not this process's CPU time.
-    clock = time.perf_counter if device.startswith("cuda") else time.process_time
+    # CPU time on the CPU (see bench.paired), a peer's worker process included; a GPU's work
+    # is not this process's CPU time.
+    clock = time.perf_counter if device.startswith("cuda") else cpu_clock(fns)
     with exclusive() if exclusive else contextlib.nullcontext():
         timed = run_rounds(fns, rounds, clock=clock, estimates=estimates,
                            budget_clock=time.perf_counter)

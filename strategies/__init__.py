@@ -25,7 +25,7 @@ IMPLEMENTATIONS = (
     "jax_jacobians", "jax_diagonals", "jax_hessians", "jax_products", "jax_ntk",
     "torch_structured", "jax_structured", "torch_forward_tangent",
     "torch_hessian_backprop",
-    "peer_backpack", "peer_curvlinops",
+    "peer_backpack", "peer_curvlinops", "peer_neural_tangents",
     "torch_compiled",  # after the eager strategies it compiles
     "torch_auto",  # last: it picks among the strategies registered before it
 )

@@ -51,8 +51,8 @@ class Strategy:
 
 
 _REGISTRY: dict[tuple[str, str], Strategy] = {}
-FRAMEWORKS = ("torch", "jax", "backpack", "curvlinops")
-PEERS = ("backpack", "curvlinops")  # other libraries' implementations, run beside ours
+FRAMEWORKS = ("torch", "jax", "backpack", "curvlinops", "neural_tangents")
+PEERS = ("backpack", "curvlinops", "neural_tangents")  # other libraries, run beside ours
 
 # The tag vocabulary, the one place it is defined. "approximate" and "peer" are derived from
 # the strategy's exactness and framework; the others are declared where it is registered
@@ -67,7 +67,8 @@ TAGS = {
     "compiled": "torch.compile; its first call compiles",
     "jit": "jax.jit; its first call traces and compiles",
     "approximate": "a statistical estimate, checked statistically (derived: exact=False)",
-    "peer": "another library's implementation (derived: framework backpack or curvlinops)",
+    "peer": "another library's implementation (derived: framework backpack, curvlinops or "
+            "neural_tangents)",
 }
 _EXCLUSIVE = (("dense", "matrix-free"), ("compiled", "jit"))
 
