@@ -60,3 +60,14 @@ def environment(threads: int) -> dict:
             "numpy_version": np.__version__, "python_version": platform.python_version(),
             "cpu": _cpu_name(), "gpu": _gpu_name(), "threads": threads,
             "commit": _git_commit(), "hostname": socket.gethostname()}
+
+
+def machine_kind(cpu, gpu, device) -> str:
+    """The kind of machine a row was measured on: hosts of one kind are interchangeable, so
+    their rows are ranked together, and rows of different kinds never are. The CPU model and
+    its CPU count (the `cpu` column); on a GPU also the GPU's name, which a CPU row leaves out
+    (a host's GPU does not time its CPU cases)."""
+    cpu = cpu if isinstance(cpu, str) and cpu else "unknown CPU"
+    if device == "cuda":
+        return f"{gpu if isinstance(gpu, str) and gpu else 'unknown GPU'} with {cpu}"
+    return cpu

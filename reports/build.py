@@ -348,8 +348,16 @@ def build_report(results, out_path, seeds_path=None, workers: int = 1) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
-    table = S.summary_table(df) if len(df) else pd.DataFrame(columns=S.GROUP)
-    recs = S.recommendations(table) if len(table) else []
+    # One summary (recommendations and table) per kind of machine: strategies are ranked only
+    # against rows measured on the same kind (a single-machine sweep has one, as always).
+    kinds = []
+    for m in S.machines(df) if len(df) else []:
+        table = S.summary_table(m["rows"])
+        kinds.append({"kind": m["kind"], "text": m["text"], "hosts_text": m["hosts_text"],
+                      "rows": summary_rows(table),
+                      "recommendations": S.recommendations(table) if len(table) else []})
+    recs = [dict(r, text=f"On {k['kind']}: {r['text']}") if len(kinds) > 1 else r
+            for k in kinds for r in k["recommendations"]]
     quantities = sorted(df["quantity"].dropna().unique())
     settings = sorted(df["setting"].unique())
     drawn = _draw_all(df, workers)
@@ -384,9 +392,8 @@ def build_report(results, out_path, seeds_path=None, workers: int = 1) -> Path:
         "n_quantities": len(quantities),
         "status_counts": [(s, int(status_counts[s])) for s in S.STATUSES if s in status_counts],
         "references": references_text(df) if len(df) else "",
-        "recommendations": recs,
+        "machines": kinds,
         "summary_columns": _columns(SUMMARY_COLUMNS),
-        "summary_rows": summary_rows(table) if len(table) else [],
         "baseline_rule": S.BASELINE_RULE,
         "auto": auto_context(df),
         "compiled_columns": _columns(COMPILED_COLUMNS),

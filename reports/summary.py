@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from jacbench.bench import store
+from jacbench.bench.environment import machine_kind
 from jacbench.strategies.torch_auto import AUTO
 
 # FAILED are failures to produce a timed answer; `disagrees` produced a wrong one;
@@ -138,6 +139,12 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     df["method"] = variant.where(~df["jit"], variant.str.replace(r"_jit$", "", regex=True))
     df["panel"] = [f"{f}[{m}]" if m else str(f) for f, m in zip(df["family"], df["mode"])]
     df["setting"] = df["device"].astype(str) + " " + df["dtype"].astype(str)
+    # Strategies are ranked only among rows of one kind of machine: with several kinds (a
+    # sweep over a mixed cluster) the kind is part of the setting every table groups by.
+    df["host"] = df["hostname"].map(lambda v: v if isinstance(v, str) and v else "unknown host")
+    df["machine"] = [machine_kind(c, g, d) for c, g, d in zip(df["cpu"], df["gpu"], df["device"])]
+    if df["machine"].nunique() > 1:
+        df["setting"] = df["setting"] + " on " + df["machine"]
     ok = df["status"].eq("ok")
     df["rel_forward"] = np.where(ok & (df["forward_s"] > 0), df["median_s"] / df["forward_s"],
                                  np.nan)
@@ -360,6 +367,24 @@ def _agreement_cell(r) -> dict:
 
 
 # ------------------------------------------------------------------------------ environment
+def _hosts_text(hosts) -> str:
+    hosts = sorted(hosts)
+    names = ", ".join(hosts[:5]) + (f" and {len(hosts) - 5} more" if len(hosts) > 5 else "")
+    return f"{len(hosts)} host{'s' if len(hosts) != 1 else ''} ({names})"
+
+
+def machines(df: pd.DataFrame) -> list[dict]:
+    """One entry per kind of machine in `df` (normalized): its name, its rows and the hosts
+    that measured them, with a sentence saying so; the most rows first."""
+    out = []
+    for kind, rows in sorted(df.groupby("machine"), key=lambda kv: (-len(kv[1]), kv[0])):
+        hosts = sorted(rows["host"].unique())
+        out.append({"kind": kind, "rows": rows, "hosts_text": _hosts_text(hosts),
+                    "text": f"{len(rows)} results from {_hosts_text(hosts)}, one kind of "
+                            f"machine: {kind}"})
+    return out
+
+
 def environment(df: pd.DataFrame) -> list[dict]:
     """One entry per run: its environment columns, row count and time span."""
     out = []

@@ -207,6 +207,26 @@ def test_a_dataframe_builds_the_same_tables(results, tmp_path):
     assert f"{len(df)} results" in html
 
 
+def test_machine_kinds_are_ranked_apart_and_hosts_counted(results, page, tmp_path):
+    """One kind of machine (one host here): one summary, saying so. A sweep over a mixed
+    cluster: one summary per kind, each ranked on its own rows, hosts of a kind counted."""
+    one = page.read_text()
+    assert re.search(r"results from 1 host \(\S+\), one kind of machine: ", one)
+    assert 'id="machine-1"' not in one and one.count('id="summary-table') == 1
+    df = store.load(results)
+    big = df["quantity"] == "jacobian"  # as if measured on three hosts of a larger kind
+    df.loc[big, "cpu"] = "Big CPU (64 cpus)"
+    df.loc[big, "hostname"] = [f"node{i % 3}" for i in range(int(big.sum()))]
+    html = build_report(df, tmp_path / "mixed.html").read_text()
+    assert "Measured on\n2 kinds of machine, ranked apart" in html
+    assert re.search(r"Big CPU \(64 cpus\):\s+3 hosts \(node0, node1, node2\)", html)
+    assert 'id="machine-2"' in html and 'id="summary-table-2"' in html
+    tables = {m["kind"]: S.summary_table(m["rows"]) for m in S.machines(S.normalize(df))}
+    assert set(tables["Big CPU (64 cpus)"]["quantity"]) == {"jacobian"}
+    assert "jacobian" not in set(tables[next(k for k in tables if k != "Big CPU (64 cpus)")]
+                                 ["quantity"])
+
+
 def test_figures_drawn_in_two_processes_are_the_same_page(results, page, tmp_path):
     out = build_report(results, tmp_path / "two.html", workers=2)
     date = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
