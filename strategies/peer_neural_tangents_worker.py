@@ -32,8 +32,11 @@ def _flags_for_one_thread() -> None:
 
 
 def _apply_fn(kinds: list, jnp):
-    """f(params, x) of the MLP: params[i] = (weight, bias or None) of the i-th linear layer,
-    y = x W^T + b as in torch.nn.Linear."""
+    """f(params, x) of the MLP: params[i] = (weight (in, out), bias or None) of the i-th
+    linear layer, y = x W + b: torch.nn.Linear with its weight transposed, the layout of
+    neural-tangents' own stax.Dense. Written x @ W.T, with torch's layout, neural-tangents'
+    structured rules do not see through the transpose: 1.27 s instead of 12.6 ms at N=64,
+    W=256."""
     acts = {"tanh": jnp.tanh, "relu": lambda x: jnp.maximum(x, 0)}
 
     def apply(params, x):
@@ -41,7 +44,7 @@ def _apply_fn(kinds: list, jnp):
         for kind in kinds:
             if kind == "linear":
                 w, b = params[i]
-                x = x @ w.T if b is None else x @ w.T + b
+                x = x @ w if b is None else x @ w + b
                 i += 1
             else:
                 x = acts[kind](x)
@@ -64,7 +67,7 @@ def _build(problem_path: str):
     if unknown:
         raise ValueError(f"layer kinds {unknown}: the worker builds linear/tanh/relu MLPs only")
     n_linear = kinds.count("linear")
-    params = [(jnp.asarray(data[f"weight_{i}"], dtype),
+    params = [(jnp.asarray(data[f"weight_{i}"].T, dtype),
                jnp.asarray(data[f"bias_{i}"], dtype) if f"bias_{i}" in data else None)
               for i in range(n_linear)]
     x1, x2 = jnp.asarray(data["X1"], dtype), jnp.asarray(data["X2"], dtype)
@@ -75,7 +78,7 @@ def _build(problem_path: str):
                                  implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES,
                                  **axes[mode])
     # neural-tangents averages over trace_axes; the suite's trace is the sum over outputs.
-    scale = params[-1][0].shape[0] if mode == "trace" else 1
+    scale = params[-1][0].shape[1] if mode == "trace" else 1
     fn = jax.jit(lambda a, b, p: ntk_fn(a, b, p) * scale)
 
     def ntk():
