@@ -25,7 +25,7 @@ import numpy as np
 
 from . import torch_structured as rules
 from .applicability import layer_list
-from .jax_model import _apply, _param_names, einsum, jax, jnp, lax, matmul, register_jax
+from .jax_model import _apply, _param_names, einsum, eye, jax, jnp, lax, matmul, register_jax
 from .jax_ntk import _CONTRACT
 from .problem import ModelSpec
 from .torch_structured import _GRAM, StructuredFallback
@@ -102,9 +102,16 @@ def _patches(layer, a, g):
             g.reshape(*g.shape[:3], -1).transpose(0, 1, 3, 2))
 
 
-def _dense(P1, G1, P2, G2, bias: bool, mode: str):
-    """(a1 a2^T + 1) * (g1 g2^T) for a layer with one position (T = 1), as matrix products."""
+def _dense(P1, G1, P2, G2, bias: bool, mode: str, unit: bool):
+    """(a1 a2^T + 1) * (g1 g2^T) for a layer with one position (T = 1), as matrix products.
+    `unit`: the layer's outputs are the network's, so its cotangents are the unit vectors,
+    g1 g2^T = 1{o = o'}, and only a1 a2^T is formed."""
     A = matmul(P1[:, 0], P2[:, 0].T) + float(bias)  # (B1, B2)
+    if unit:
+        m = G1.shape[0]
+        return {"full": lambda: A[:, :, None, None] * eye(m, A),
+                "trace": lambda: m * A,
+                "diagonal": lambda: jnp.broadcast_to(A[:, :, None], (*A.shape, m))}[mode]()
     g1, g2 = G1[:, :, 0].transpose(1, 0, 2), G2[:, :, 0].transpose(1, 0, 2)  # (B, m, C)
     (b1, m, c), b2 = g1.shape, g2.shape[0]
     if mode == "full":
@@ -122,13 +129,13 @@ def _patch_grads(P, G, bias: bool):
     return jnp.concatenate([W, G.sum(2).transpose(1, 0, 2)], axis=2) if bias else W
 
 
-def _patches_term(layer, a1, g1, a2, g2, mode: str):
+def _patches_term(layer, a1, g1, a2, g2, mode: str, unit: bool = False):
     bias = "bias" in layer.params
     P1, G1 = _patches(layer, a1, g1)
     P2, G2 = _patches(layer, a2, g2)
     (B1, T, K), B2, (m, C) = P1.shape, P2.shape[0], (G1.shape[0], G1.shape[3])
     if T == 1:
-        return _dense(P1, G1, P2, G2, bias, mode)
+        return _dense(P1, G1, P2, G2, bias, mode, unit and layer.kind == "linear")
     # torch_structured's flop estimate, looked up at trace time so one switch picks the route
     # in both frameworks (the tests force each route through it).
     if rules._gram_is_cheaper(B1, B2, T, K, C, m, mode):
@@ -180,7 +187,7 @@ def ntk_structured(v, mode: str):
         layer, (p, b) = layers[idx], _layer_arrays(v, idx)
         a1, a2, g1, g2 = a[k][:B1], a[k][B1:], g[k][:, :B1], g[k][:, B1:]
         if rule == "patches":
-            out = out + _patches_term(layer, a1, g1, a2, g2, mode)
+            out = out + _patches_term(layer, a1, g1, a2, g2, mode, unit=idx == len(layers) - 1)
             continue
         per_sample = _bn_grads if rule == "batchnorm" else _layer_jacobian
         out = out + einsum(_CONTRACT[mode], per_sample(layer, p, b, a1, g1),
