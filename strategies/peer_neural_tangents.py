@@ -80,7 +80,10 @@ class Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
             bufsize=1, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         self.cpu_s = 0.0
-        ready = self._reply()
+        try:
+            ready = self._reply()
+        finally:  # both processes hold what they need open or mapped: nothing is left behind
+            self.dir.cleanup()  # even when a forked case ends by os._exit
         if ready.split()[1:] != [*map(str, shape), dtype]:
             raise RuntimeError(f"neural-tangents worker: expected an NTK of shape {shape} "
                                f"{dtype}, it says {ready!r}")
@@ -111,7 +114,6 @@ class Worker:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
         self.log.close()
-        self.dir.cleanup()
 
 
 def round_trip_s(worker: Worker, calls: int = 200) -> float:
