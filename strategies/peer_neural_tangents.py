@@ -93,6 +93,10 @@ class Worker:
     def _reply(self) -> str:
         line = self.proc.stdout.readline()
         if not line:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
             self.log.seek(0)
             tail = " | ".join(self.log.read().strip().splitlines()[-3:])
             raise RuntimeError(f"neural-tangents worker ended (exit {self.proc.poll()}): {tail}")
