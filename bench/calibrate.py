@@ -1,10 +1,13 @@
 """Fit `torch.auto`'s cost model to a results file and say how well it would pick.
 
-    python -m jacbench calibrate RESULTS.jsonl [--out strategies/auto_calibration.json]
+    python -m jacbench calibrate RESULTS.jsonl [--out PATH]
 
 Rows used: one row per case (`best_rows`: the fastest of its ok runs), device cpu, dtype
-float32, exact PyTorch strategies other than auto, on built-in problem families (rebuilt from
-the row's family, sizes and mode to get their features). Status ok rows are timings; timeout
+float32, exact eager PyTorch strategies other than auto, on built-in problem families (rebuilt
+from the row's family, sizes and mode to get their features) and on users' own models (the
+features their run wrote into the row; their candidates are the strategies whose rows say
+they apply). The file goes to the user's cache by default (cost_model.user_calibration), never
+into the source tree. Status ok rows are timings; timeout
 and oom rows are failure points (a timeout also a timing at its limit, a lower bound). The
 fitted coefficients, with what they were fitted on (results file, row count, commits, run ids,
 dates), go to the JSON file `torch.auto` reads.
@@ -41,17 +44,37 @@ _LIMIT = re.compile(r"exceeded the ([0-9.]+) s time limit")
 
 @dataclass
 class Measured:
-    """Everything measured at one problem: its rebuilt Problem and each strategy's row."""
-    problem: Problem
+    """Everything measured at one problem: its features, each strategy's row, and the
+    rebuilt Problem (None for a user's model, known from its rows only)."""
+    family: str
+    feats: dict
     rows: dict  # strategy -> (status, median_s)
+    problem: Problem | None = None
+
+    def candidates(self) -> list[str]:
+        """auto's candidates here: for a user's model, the ones its rows say apply."""
+        from jacbench.strategies.torch_auto import candidates
+
+        if self.problem is not None:
+            return [s.name for s in candidates(self.problem)]
+        return sorted(s for s, (status, _) in self.rows.items() if status != "not_applicable")
+
+
+def _row_features(r: dict) -> dict | None:
+    feats = r.get("features")
+    if isinstance(feats, dict) and all(feats.get(f) for f in cost_model.FEATURES):
+        return {f: float(feats[f]) for f in cost_model.FEATURES}
+    return None
 
 
 def _is_candidate_row(r: dict) -> bool:
+    """A row the fit can use: an exact eager torch strategy on the CPU in float32, on a
+    built-in problem (rebuilt from its family) or a user's model whose row has features."""
     name = str(r.get("strategy"))
     return (r.get("device") == "cpu" and r.get("dtype") == "float32"
             and r.get("framework") == "torch" and bool(r.get("exact"))
             and name != AUTO and "compiled" not in (r.get("tags") or ())
-            and r.get("family") in FAMILIES)
+            and (r.get("family") in FAMILIES or _row_features(r) is not None))
 
 
 def _rebuild(r: dict, cache: dict) -> Problem | None:
@@ -87,24 +110,27 @@ def collect(rows: list[dict]) -> tuple[list[cost_model.Observation], dict[tuple,
     for r in best_rows(rows):
         if not _is_candidate_row(r):
             continue
-        p = _rebuild(r, cache)
-        if p is None or p.id != r["problem"]:
-            continue
-        k = cost_model.problem_key(p)
-        m = measured.setdefault((k, p.id), Measured(p, {}))
+        if r.get("family") in FAMILIES:  # features as this checkout computes them
+            p = _rebuild(r, cache)
+            if p is None or p.id != r["problem"]:
+                continue
+            k, pid, feats = cost_model.problem_key(p), p.id, cost_model.features(p)
+        else:  # a user's model: the features its run wrote into the row
+            p, pid, feats = None, r["problem"], _row_features(r)
+            k = cost_model.key(r["quantity"], r.get("mode") or None)
+        m = measured.setdefault((k, pid), Measured(r["family"], feats, {}, p))
         m.rows[r["strategy"]] = (r["status"], r.get("median_s"))
-        feats = cost_model.features(p)
         status, t = r["status"], r.get("median_s")
         if status == "ok" and t and t > 0:
-            obs.append(cost_model.Observation(k, r["strategy"], p.id, p.family, feats,
+            obs.append(cost_model.Observation(k, r["strategy"], pid, m.family, feats,
                                               math.log(t)))
         elif status in ("timeout", "oom"):
             limit = _LIMIT.search(r.get("message") or "")
             log_s = math.log(float(limit.group(1))) if limit else None
-            obs.append(cost_model.Observation(k, r["strategy"], p.id, p.family, feats, None,
+            obs.append(cost_model.Observation(k, r["strategy"], pid, m.family, feats, None,
                                               status))
             if log_s is not None:  # a lower bound on its time: better than nothing
-                obs.append(cost_model.Observation(k, r["strategy"], p.id, p.family, feats,
+                obs.append(cost_model.Observation(k, r["strategy"], pid, m.family, feats,
                                                   log_s, "timeout-bound"))
     return obs, measured
 
@@ -112,21 +138,18 @@ def collect(rows: list[dict]) -> tuple[list[cost_model.Observation], dict[tuple,
 def pick_cases(obs, measured, ridge: float = RIDGE, hold_out: str | None = None) -> list[dict]:
     """The offline pick at every measured problem; `hold_out` None (in-sample), "problem" or
     "family": the models for a problem are fitted without its problem's (family's) rows."""
-    from jacbench.strategies.torch_auto import candidates
-
     fitted = {} if hold_out else {None: cost_model.fit(obs, ridge)}
     out = []
     for (k, pid), m in sorted(measured.items()):
         ok = {s: t for s, (st, t) in m.rows.items() if st == "ok" and t}
         if not ok:
             continue
-        group = None if hold_out is None else (pid if hold_out == "problem" else m.problem.family)
+        group = None if hold_out is None else (pid if hold_out == "problem" else m.family)
         if group not in fitted:
             fitted[group] = cost_model.fit(
                 [o for o in obs if (o.problem if hold_out == "problem" else o.family) != group],
                 ridge)
-        names = [s.name for s in candidates(m.problem)]
-        choice = cost_model.rank(m.problem, names, fitted[group])[0]
+        choice = cost_model.rank_at(k, m.feats, m.candidates(), fitted[group])[0]
         best = min(ok, key=lambda s: (ok[s], s))
         status, t = m.rows.get(choice.name, ("unmeasured", None))
         ratio = t / ok[best] if status == "ok" and t else math.inf
@@ -154,7 +177,8 @@ def calibrate(results, out: Path | None = None, ridge: float = RIDGE) -> tuple[d
     obs, measured = collect(all_rows)
     if not obs:
         raise ValueError(f"{results}: no usable rows (device cpu, float32, exact torch "
-                         "strategies, status ok/timeout/oom, built-in problem families)")
+                         "strategies, status ok/timeout/oom, built-in problem families or "
+                         "rows with features)")
     used = [r for r in all_rows if _is_candidate_row(r) and r["status"] in ("ok", "timeout",
                                                                              "oom")]
     stamps = sorted(str(r["timestamp"]) for r in used if r.get("timestamp"))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from jacbench import strategies
+from jacbench.strategies import cost_model
 from jacbench.strategies.user_model import is_user, prebuild
 
 from . import harness, jax_cache, side_by_side, store
@@ -52,7 +53,7 @@ def _row_base(case: Case, env: dict, run_id: str) -> dict:
             "problem": p.id, "family": p.family, "size": p.size, "mode": p.mode,
             "scale": p.size_param, "sizes": dict(p.sizes), "params": p.spec.param_count,
             "strategy": s.name, "framework": s.framework, "exact": s.exact,
-            "tags": sorted(s.tags),
+            "tags": sorted(s.tags), "features": cost_model.features(p),
             "device": case.device, "dtype": case.dtype, **env}
 
 

@@ -22,9 +22,12 @@ STATUSES = ("ok", "disagrees", "error", "timeout", "oom", "not_applicable", "ski
 
 # The columns every row has, in this order (reports and asv rely on the names). `tags`: the
 # strategy's registry tags, a sorted list (absent from files written before they existed:
-# reports derive them from the registry).
+# reports derive them from the registry). `features`: the problem's n, m, B, P, W that
+# torch.auto's cost model reads (strategies.cost_model), so that `calibrate` can learn from
+# rows of a user's model it cannot rebuild.
 CASE_COLUMNS = ("run_id", "case_id", "quantity", "problem", "family", "size", "mode", "scale",
-                "sizes", "params", "strategy", "framework", "exact", "tags", "device", "dtype")
+                "sizes", "params", "strategy", "framework", "exact", "tags", "features",
+                "device", "dtype")
 MEASURE_COLUMNS = ("status", "median_s", "iqr_s", "runs", "first_call_s", "forward_s",
                    "peak_mem_bytes", "max_error", "tolerance", "noise_floor", "reference",
                    "message",

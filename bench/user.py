@@ -74,6 +74,7 @@ class Facts:
     input_problem: str | None  # no (or a zero) derivative w.r.t. the input
     param_problem: str | None  # the same w.r.t. the parameters
     coupled: bool
+    forward_macs: int = 0  # of one sample (UserModel.forward_macs)
 
 
 def _shape_error(exc, X, in_shape) -> UserModelError:
@@ -140,6 +141,7 @@ PARAM_WHICH = "parameter derivatives (param_jacobian, ggn_vp, ntk)"
 
 def _inspect_torch(model, X: np.ndarray, dtype: str, outputs, inputs_text) -> Facts:
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     digest = weights_digest(model)
     model = copy.deepcopy(model).to(device="cpu", dtype=getattr(torch, dtype)).eval()
@@ -154,8 +156,10 @@ def _inspect_torch(model, X: np.ndarray, dtype: str, outputs, inputs_text) -> Fa
             if isinstance(t, torch.Tensor):
                 acts[0] += t.numel()
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    flops = FlopCounterMode(display=False)
     try:
-        y = model(Xt)
+        with flops:
+            y = model(Xt)
     except UserModelError:  # jacbench.models: output= names no output of the model
         raise
     except Exception as exc:
@@ -166,7 +170,8 @@ def _inspect_torch(model, X: np.ndarray, dtype: str, outputs, inputs_text) -> Fa
     m = _output_checks(y, X.shape[0], outputs, lambda t: isinstance(t, torch.Tensor))
     P = sum(p.numel() for p in params)
     common = dict(framework="torch", out_dim=m, param_count=P,
-                  act_per_sample=max(1, acts[0] // X.shape[0]), digest=digest)
+                  act_per_sample=max(1, acts[0] // X.shape[0]), digest=digest,
+                  forward_macs=flops.get_total_flops() // 2 // X.shape[0])
     if not y.is_floating_point():
         why = _INT_OUTPUT.format(dtype=str(y.dtype).replace("torch.", ""))
         return Facts(**common, output_problem=why, input_problem=why, param_problem=why,
@@ -418,7 +423,8 @@ def factory_cases(ref: str, in_shape, batches, outputs=None, quantities=None,
     f = facts[batch_sizes[0]]
     spec = UserModel(ref, f.framework, in_shape, f.out_dim, f.param_count, factory=ref,
                      seed=seed, digest=f.digest,
-                     act_per_sample=max(x.act_per_sample for x in facts.values()))
+                     act_per_sample=max(x.act_per_sample for x in facts.values()),
+                     forward_macs=max(x.forward_macs for x in facts.values()))
     return cases_for(problems_for(spec, inputs, facts, qs, ms, seed), names, fws, device, dtype)
 
 

@@ -120,7 +120,8 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
     facts = inspect_model(obj, X, dtype, None, f"the batch x of shape {X.shape}")
     spec = UserModel(name or models.name(obj),
                      framework, tuple(X.shape[1:]), facts.out_dim, facts.param_count, obj=obj,
-                     digest=facts.digest, act_per_sample=facts.act_per_sample)
+                     digest=facts.digest, act_per_sample=facts.act_per_sample,
+                     forward_macs=facts.forward_macs)
     probs = problems_for(spec, {B: X}, {B: facts}, qs, ms, second=second)
     cases = cases_for(probs, names, fws, device, dtype)
 

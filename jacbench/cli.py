@@ -117,7 +117,8 @@ def _parser() -> _Parser:
     cal.add_argument("results", type=Path)
     cal.add_argument("--out", type=Path, default=None,
                      help="where to write the coefficients (default: "
-                          "strategies/auto_calibration.json, which torch.auto reads)")
+                          "auto_calibration.json in $JACBENCH_CACHE, else "
+                          "~/.cache/jacbench, which torch.auto reads before the shipped one)")
     cal.add_argument("--dry-run", action="store_true",
                      help="print the hit rates, write nothing")
     cal.set_defaults(func=_cmd_calibrate)
@@ -326,7 +327,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from jacbench.strategies.cost_model import CALIBRATION
+    from jacbench.strategies.cost_model import user_calibration
 
     from jacbench.bench.calibrate import calibrate
 
@@ -334,7 +335,8 @@ def _cmd_calibrate(args) -> int:
 
     check_results(args.results)
     try:
-        _, lines = calibrate(args.results, None if args.dry_run else args.out or CALIBRATION)
+        _, lines = calibrate(args.results,
+                             None if args.dry_run else args.out or user_calibration())
     except ValueError as exc:
         raise _Usage(f"jacbench calibrate: {exc}") from None
     print("\n".join(lines))

@@ -161,7 +161,7 @@ def problem(name: str, model, *args, mode: str | None = None, output=None,
     sample = tuple(X.shape[1:])
     spec = UserModel(models.name(obj), framework, sample, facts.out_dim,
                      facts.param_count, obj=obj, digest=facts.digest,
-                     act_per_sample=facts.act_per_sample)
+                     act_per_sample=facts.act_per_sample, forward_macs=facts.forward_macs)
     [p] = problems_for(spec, {X.shape[0]: X}, {X.shape[0]: facts}, [name],
                        [mode] if mode else None, second=second)
     if p.blocked:

@@ -8,7 +8,8 @@ over the problem's features (`features`): n inputs and m outputs per sample, B s
 parameters and W multiply-adds of one sample's forward pass. The coefficients are fitted by
 least squares on log-times to the suite's own measurements, all strategies of a key at once
 (`fit_pooled`: each strategy's exponents are the key's shared ones plus a ridge-penalised
-deviation); `bench.calibrate` does that and writes them to `auto_calibration.json`.
+deviation); `bench.calibrate` does that and writes them to `auto_calibration.json` in the user's
+cache (`user_calibration`; the copy shipped beside this module is the read-only default).
 
 `rank` orders candidate strategies for a problem:
 1. strategies with a fitted model, by predicted time, except that one which timed out or ran
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +39,10 @@ FEATURES = ("n", "m", "B", "P", "W")
 # A light penalty on the shared exponents too: P and W are nearly equal on MLPs, and without
 # it a held-out conv net got wild shared P and W exponents of opposite signs.
 SHARED_RIDGE = 0.3
+# The calibration shipped with the source: read-only, the default. A refit goes to the user's
+# cache (`user_calibration`), which torch.auto reads first when it exists.
 CALIBRATION = Path(__file__).with_name("auto_calibration.json")
+CACHE_ENV = "JACBENCH_CACHE"
 
 
 # ------------------------------------------------------------------------------ features
@@ -88,8 +93,14 @@ def features(problem: Problem) -> dict[str, float]:
             B += a.shape[0]
         elif a.size != n:  # jac_diag on N independent scalars
             B += a.size // max(n, 1)
-    # A user model has no layer list: a dense network's forward work is about its parameters.
-    W = forward_macs(spec) if isinstance(spec, ModelSpec) else P
+    # A user model has no layer list: its forward's multiply-adds were counted when it was
+    # inspected (matrix products and convolutions, plus one per activation element as for
+    # the built-in layers). Not P: a conv net does far more work than it has parameters.
+    if isinstance(spec, ModelSpec):
+        W = forward_macs(spec)
+    else:
+        macs = getattr(spec, "forward_macs", 0)
+        W = macs + getattr(spec, "act_per_sample", 0) if macs else P
     return {"n": max(n, 1), "m": max(m, 1), "B": max(B, 1), "P": max(P, 1), "W": max(W, 1)}
 
 
@@ -248,8 +259,12 @@ def rule_order(names, k: str, calibration: dict) -> list[str]:
 
 def rank(problem: Problem, names, calibration: dict | None = None) -> list[Choice]:
     """Candidate strategy names for `problem`, best first (module docstring)."""
+    return rank_at(problem_key(problem), features(problem), names, calibration)
+
+
+def rank_at(k: str, feats: dict, names, calibration: dict | None = None) -> list[Choice]:
+    """`rank` at a model key and features (a row's, when its problem cannot be rebuilt)."""
     calibration = load() if calibration is None else calibration
-    k, feats = problem_key(problem), features(problem)
     models = calibration.get("models", {}).get(k, {})
     modelled, rest = [], []
     for name in names:
@@ -295,9 +310,26 @@ def _read(path: str, mtime: float) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def user_calibration() -> Path:
+    """Where `jacbench calibrate` writes and torch.auto looks first: $JACBENCH_CACHE, else
+    $XDG_CACHE_HOME/jacbench, else ~/.cache/jacbench; the file auto_calibration.json there."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "jacbench")
+    return Path(root) / CALIBRATION.name
+
+
+def calibration_path() -> Path:
+    """The calibration torch.auto reads: the user's refit if there is one, else the shipped."""
+    user = user_calibration()
+    return user if user.is_file() else CALIBRATION
+
+
 def load(path: Path | str | None = None) -> dict:
-    """The calibration (see bench.calibrate), or {} when the file does not exist."""
-    path = Path(path or CALIBRATION)
+    """The calibration (see bench.calibrate) at `path`, by default `calibration_path()`; {}
+    when the file does not exist."""
+    path = Path(path or calibration_path())
     if not path.is_file():
         return {}
     return _read(str(path), path.stat().st_mtime)

@@ -46,6 +46,9 @@ class UserModel:
     seed: int = 0
     digest: str = ""  # of weights and buffers as built, checked in every process
     act_per_sample: int = 0  # activation elements of one sample's forward pass
+    # Multiply-adds of one sample's forward pass (matrix products and convolutions, counted
+    # by torch's FlopCounterMode); 0: not counted (a JAX function). The cost model's W.
+    forward_macs: int = 0
 
     @property
     def in_dim(self) -> int:

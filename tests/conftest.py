@@ -76,6 +76,9 @@ def pytest_configure(config):
     import os
     import tempfile
 
+    # torch.auto reads a refit calibration in the user's cache before the shipped one: the
+    # tests see the shipped one, whatever this machine's cache holds.
+    os.environ["JACBENCH_CACHE"] = tempfile.mkdtemp(prefix="jacbench-cache-")
     if not hasattr(config, "workerinput"):  # the controller, before any worker starts
         fd, path = tempfile.mkstemp(prefix="jacbench-mutation-score-")
         os.close(fd)
