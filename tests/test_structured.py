@@ -1,14 +1,19 @@
 """torch.structured and jax.structured: the structured-derivative NTK agrees with the float64
-reference on every NTK test problem and mode, takes both of its conv routes correctly, handles
-the layouts the rules cover (wrappers, nested Sequentials, Linear on (B, T, K) inputs, strided
-and padded convolutions), and falls back, reporting it, for parameters the rules do not cover."""
+reference on every NTK test problem and mode, takes both of its routes correctly, handles the
+layouts the rules cover (wrappers, nested Sequentials, Linear on (B, T, K) inputs, strided and
+padded convolutions), follows the parameters through models that are no Sequential (residual
+blocks with batch norm, transformer encoder layers, cross-attention with masks, shared layers,
+embeddings, custom forwards with branches), and falls back, reporting it, for exactly the
+parameters the rules do not cover."""
+import re
+
 import pytest
 import torch
 from torch import nn
 
 from jacbench import strategies
 from jacbench.bench.problems import problems
-from conftest import assert_agrees
+from conftest import assert_agrees, reference_for, tolerance_for
 from jacbench.strategies import jax_structured, torch_structured
 from jacbench.strategies.agreement import max_error, tolerance
 from jacbench.strategies.jax_model import JAX_MISSING
@@ -24,8 +29,9 @@ needs_jax = pytest.mark.skipif(JAX_MISSING is not None, reason=str(JAX_MISSING))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("problem", problems("ntk", "test"), ids=lambda p: p.id)
 def test_agrees_with_reference_on_every_ntk_test_problem(problem, dtype):
-    assert_agrees(STRUCTURED, problem, dtype)
-    assert STRUCTURED.prepare(problem, "cpu", dtype).notes == []  # suite models need no fallback
+    run = STRUCTURED.prepare(problem, "cpu", dtype)
+    assert max_error(run(), reference_for(problem)) <= tolerance_for(problem, dtype)
+    assert not [n for n in run.notes if "fallback" in str(n)]  # suite models need none
 
 
 @needs_jax
@@ -75,13 +81,16 @@ def _reference(model, x1, x2, mode):
 
 
 def _check(model, x1, x2, notes_expected=False, same_function=None):
-    """`same_function`: a model computing the same function that the reference can vmap."""
+    """`same_function`: a model computing the same function that the reference can vmap.
+    Floating inputs are taken to float64, index inputs (embeddings) are kept."""
     model = model.double().eval()
     reference_model = (same_function or model).double().eval()
+    if x1.is_floating_point():
+        x1, x2 = x1.double(), x2.double()
     for mode in NTK_MODES:
         notes = []
-        result = ntk_structured(model, x1.double(), x2.double(), mode, notes=notes)
-        ref = _reference(reference_model, x1.double(), x2.double(), mode).numpy()
+        result = ntk_structured(model, x1, x2, mode, notes=notes)
+        ref = _reference(reference_model, x1, x2, mode).numpy()
         err = max_error(result, ref)
         assert err <= tolerance("float64"), (mode, err)
         assert bool(notes) == notes_expected, notes
@@ -161,13 +170,6 @@ def test_linear_on_token_inputs_batchnorm1d_and_a_wrapper(monkeypatch, gram):
     _check(Wrapper(net), x1, x2)
 
 
-def test_wrapper_whose_forward_is_not_its_sequential_falls_back():
-    torch.manual_seed(2)
-    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
-    with pytest.warns(StructuredFallback, match="not its Sequential"):
-        _check(Wrapper(net, scale=2.0), torch.randn(2, 3), torch.randn(3, 3), notes_expected=True)
-
-
 class Scale(nn.Module):
     """A user layer with its own parameter and no structured rule."""
 
@@ -195,33 +197,174 @@ def test_unsupported_layer_falls_back_for_its_parameters_and_says_so(vmappable):
     assert torch_structured.structured_notes(model) == notes
 
 
-def test_registered_strategy_carries_the_notes():
-    problem = problems("ntk", "test", "mlp_batch")[0]
-    assert STRUCTURED.prepare(problem, "cpu", "float64").notes == []
-    assert "fallback" in torch_structured.structured_notes(
-        nn.Sequential(nn.Linear(2, 3), Scale(3)))[0]
-
-
-def test_shared_parameters_and_non_sequential_models_fall_back_as_a_whole():
-    torch.manual_seed(4)
-    lin = nn.Linear(3, 3)
-    x1, x2 = torch.randn(2, 3), torch.randn(3, 3)
-    with pytest.warns(StructuredFallback, match="used by layers 0 and 2"):
-        _check(nn.Sequential(lin, nn.Tanh(), lin), x1, x2, notes_expected=True)
-
-    class Residual(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
-
-        def forward(self, x):
-            return self.b(torch.tanh(self.a(x)) + x)
-
-    with pytest.warns(StructuredFallback, match="not an nn.Sequential"):
-        _check(Residual(), x1, x2, notes_expected=True)
-
-
 def test_training_mode_batch_norm_is_refused():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten())
     with pytest.raises(ValueError, match="model.eval"):
         ntk_structured(model, torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4))
+
+
+# ------------------------------------------------------------------------------ any model
+# Held-out models, built here: the rules follow the parameters wherever the forward uses them.
+def _bn(channels: int) -> nn.Module:
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():  # eval-mode statistics and affine parameters that are not trivial
+        bn.running_mean.uniform_(-.5, .5)
+        bn.running_var.uniform_(.5, 1.5)
+    return _affine_noise(bn)
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU, conv-BN, identity shortcut, in-place ReLU, pooled linear head."""
+
+    def __init__(self, c=3):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), _bn(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), _bn(c)
+        self.relu, self.head = nn.ReLU(inplace=True), nn.Linear(c, 2)
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.head(self.relu(out + x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+def test_residual_block_with_batch_norm_needs_no_fallback(monkeypatch, gram):
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    torch.manual_seed(5)
+    x = torch.randn(3, 3, 5, 5) + 1.0  # shifted: ReLUs away from their kink at 0
+    _check(ResidualBlock(), x, x[:2] * 0.8)
+
+
+class Encoder(nn.Module):
+    def __init__(self, batch_first=True, d=8):
+        super().__init__()
+        self.embed = nn.Linear(3, d)
+        self.layer = nn.TransformerEncoderLayer(d, 2, 16, dropout=0.0, batch_first=batch_first)
+        self.head, self.batch_first = nn.Linear(d, 2), batch_first
+
+    def forward(self, x):  # (B, T, 3)
+        h = self.embed(x)
+        h = self.layer(h) if self.batch_first else self.layer(h.transpose(0, 1)).transpose(0, 1)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+def test_transformer_encoder_layer_needs_no_fallback(monkeypatch, gram):
+    """Attention's in_proj_weight (one projection of width 3E: self-attention), out_proj,
+    the feed-forward Linears on tokens and the LayerNorms all have rules."""
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    torch.manual_seed(6)
+    model = Encoder()
+    for norm in (model.layer.norm1, model.layer.norm2):
+        _affine_noise(norm)
+    x = torch.randn(3, 4, 3)
+    _check(model, x, x[:2] * 0.5)
+    stats = {}
+    ntk_structured(model, x.double(), x.double(), "trace", stats=stats)
+    assert {"layer.self_attn.in_proj", "layer.self_attn.out_proj", "layer.linear1",
+            "layer.norm2"} <= set(stats["routes"])
+
+
+def test_a_sequence_first_encoder_falls_back_for_exactly_the_layers_that_see_it():
+    """batch_first=False: attention transposes for itself, but the feed-forward Linears and
+    LayerNorms see (T, B, d) and cannot tell the samples apart: only their parameters fall
+    back (per-sample Jacobians of the model w.r.t. them), and the notes name each."""
+    torch.manual_seed(7)
+    with pytest.warns(StructuredFallback, match="batch as its first dimension"):
+        notes = _check(Encoder(batch_first=False), torch.randn(3, 4, 3), torch.randn(2, 4, 3),
+                       notes_expected=True)
+    assert sorted(n.split(" (")[0] for n in notes) == [
+        f"fallback: layer layer.{n}" for n in ("linear1", "linear2", "norm1", "norm2")]
+
+
+class CrossAttention(nn.Module):
+    """Query from one projection, keys and values from another (kdim and vdim differ from
+    the embedding: separate q/k/v weights), sequence-first, with both masks."""
+
+    def __init__(self, separate: bool):
+        super().__init__()
+        self.q, self.kv = nn.Linear(3, 4), nn.Linear(3, 5 if separate else 4)
+        kdim = 5 if separate else None
+        self.mha = nn.MultiheadAttention(4, 2, kdim=kdim, vdim=kdim)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):  # (B, T, 3)
+        q, kv = self.q(x).transpose(0, 1), torch.tanh(self.kv(x)).transpose(0, 1)
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+        pad = torch.zeros(x.shape[0], T, dtype=torch.bool)
+        pad[:, -1] = True  # the last token is padding
+        out, _ = self.mha(q, kv, kv, key_padding_mask=pad, attn_mask=causal)
+        return self.head(out[:-1].mean(0))
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["in-proj-blocks", "separate-weights"])
+def test_cross_attention_with_masks_needs_no_fallback(separate):
+    torch.manual_seed(8)
+    x = torch.randn(3, 4, 3)
+    _check(CrossAttention(separate), x, x[:2] + 0.3)
+
+
+def test_one_linear_used_twice_sums_the_cross_terms():
+    """Shared weights: the layer is one piece over both calls' positions, so the cross
+    terms between its calls are in; no fallback."""
+    torch.manual_seed(9)
+    lin = nn.Linear(3, 3)
+    _check(nn.Sequential(lin, nn.Tanh(), lin, nn.Tanh(), nn.Linear(3, 2)),
+           torch.randn(2, 3), torch.randn(3, 3))
+
+
+@pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
+def test_embedding_with_padding(monkeypatch, gram):
+    monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Embedding(7, 4, padding_idx=0), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(12, 2))
+    x = torch.randint(0, 7, (4, 3))
+    x[0, 0] = x[1, 2] = 0  # padding rows get no gradient
+    _check(model, x[:3], x[1:])
+
+
+class Branches(nn.Module):
+    """A custom forward: two branches from one input, one used twice, a parameter of the model
+    itself (no layer to hook) and a weight tied between two Linears (two modules, one
+    parameter): the last two fall back, each for exactly its parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Conv1d(1, 2, 3, padding=1)
+        self.c, self.d = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+        self.d.weight = self.c.weight
+        self.scale = nn.Parameter(torch.tensor([0.7, 1.3]))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        left = torch.tanh(self.a(x))
+        right = self.b(x[:, None, :]).mean(1)  # (B, 3)
+        h = left + self.a(right) + self.d(torch.tanh(self.c(left)))
+        return self.head(h) * self.scale
+
+
+def test_custom_forward_with_branches_falls_back_for_exactly_two_parameters():
+    torch.manual_seed(11)
+    with pytest.warns(StructuredFallback):
+        notes = _check(Branches(), torch.randn(2, 3), torch.randn(3, 3), notes_expected=True)
+    assert notes == [
+        "fallback: layer (the model) (Branches) owns parameters and calls other modules; "
+        "per-sample Jacobians of the model w.r.t. its 2 parameters",
+        "fallback: layer c (Linear) shares a parameter with another module; per-sample "
+        "Jacobians of the model w.r.t. its 16 parameters",
+        "fallback: layer d (Linear) shares a parameter with another module; per-sample "
+        "Jacobians of the model w.r.t. its 16 parameters"]
+
+
+def test_registered_strategy_says_routes_and_bound_after_its_first_call():
+    problem = problems("ntk", "test", "mlp_batch")[0]
+    run = STRUCTURED.prepare(problem, "cpu", "float64")
+    assert run.notes == []  # said after the first call, which knows the shapes
+    run()
+    routes, bound = (str(n) for n in run.notes)
+    assert routes.startswith("routes: ") and "unit: " in routes  # the output layer
+    assert re.fullmatch(r"bound \S+ ms at \S+ GFLOP/s \(\S+ GFLOP: forward and backward \S+, "
+                        r"contractions \S+\); achieved \S+ GFLOP/s", bound), bound
+    assert run.bound.flops > 0 and run.bound.bound_s() > 0
