@@ -95,6 +95,7 @@ class _Call:
     needs_input_cotangent: bool
     weight: tuple | None = None  # attention projections: (name, offset) and the K of it
     bias: tuple | None = None
+    input_version: int = 0
 
 
 @dataclass
@@ -114,29 +115,30 @@ class Capture:
     flops: int = 0
 
 
-def _record(calls, prefix, rule, module, a, output, weight=None, bias=None):
+def _record(calls, prefix, rule, module, a, output, weight=None, bias=None, copy=False):
     probe = torch.zeros_like(output, requires_grad=True)
     out = output + probe
-    # a copy: an in-place layer later in the forward could change the input it was given
-    calls.append(_Call(prefix, rule, module, a.detach().clone(), probe, out, out._version,
-                       a.requires_grad, weight, bias))
+    kept = a.detach().clone() if copy else a.detach()  # detach() shares the version counter
+    calls.append(_Call(prefix, rule, module, kept, probe, out, out._version,
+                       a.requires_grad, weight, bias, a._version))
     return out
 
 
-def _hook(calls, prefix, rule):
+def _hook(calls, prefix, rule, copy):
     def hook(module, args, kwargs, output):
         if len(args) != 1 or kwargs or not isinstance(output, torch.Tensor):
             calls.append(_Call(prefix, "unsupported", module, None, None, None, 0, False))
             return None
-        return _record(calls, prefix, rule, module, args[0], output)
+        return _record(calls, prefix, rule, module, args[0], output, copy=copy)
     return hook
 
 
-def _forward(model, x, the_plan: Plan, calls: list) -> tuple[torch.Tensor, list]:
+def _forward(model, x, the_plan: Plan, calls: list, copy: bool):
     handles, patched, core = [], [], []
 
     def project(name, a, w, b, where_w, where_b):
-        return _record(calls, name, "projection", None, a, F.linear(a, w, b), where_w, where_b)
+        return _record(calls, name, "projection", None, a, F.linear(a, w, b), where_w, where_b,
+                       copy)
     try:
         for prefix, (module, rule) in the_plan.rules.items():
             if rule == "attention":
@@ -145,7 +147,7 @@ def _forward(model, x, the_plan: Plan, calls: list) -> tuple[torch.Tensor, list]
                 patched.append(module)
                 core.append(flops)
             else:
-                handles.append(module.register_forward_hook(_hook(calls, prefix, rule),
+                handles.append(module.register_forward_hook(_hook(calls, prefix, rule, copy),
                                                             with_kwargs=True))
         with torch.enable_grad():
             y = model(x)
@@ -163,7 +165,11 @@ def _forward(model, x, the_plan: Plan, calls: list) -> tuple[torch.Tensor, list]
 
 def capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
     calls: list[_Call] = []
-    y, flat, core = _forward(model, x, the_plan, calls)
+    y, flat, core = _forward(model, x, the_plan, calls, copy=False)
+    if any(c.a is not None and c.a._version != c.input_version for c in calls):
+        # an in-place layer changed an input after its layer read it: again, keeping copies
+        calls = []
+        y, flat, core = _forward(model, x, the_plan, calls, copy=True)
     B = x.shape[0]
     m = flat.shape[1]
     cap = Capture(B, m, model_params=list(the_plan.model_params))

@@ -66,10 +66,10 @@ def test_cli_runs_the_resnet_block_example_and_reports_it(tmp_path):
     assert not (df["framework"] == "jax").any()
     assert re.search(r"^jax strategies not run \(\d+ cases\): " + JAX_NA + "$", run.stdout,
                      re.M), run.stdout[-2000:]
-    assert "torch.structured" in set(ok["strategy"])  # walks the module: a whole-model fallback
+    assert "torch.structured" in set(ok["strategy"])  # hooks follow the residual block
     said = ok.loc[ok["strategy"] == "torch.structured", "message"]
-    # the fallback is said once, as a note, not again as the StructuredFallback warning
-    assert said.str.contains("fallback").all() and not said.str.contains("warning").any()
+    # every parameter has a rule, and the row says each layer's route
+    assert not said.str.contains("fallback|warning").any() and said.str.contains("routes").all()
 
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
