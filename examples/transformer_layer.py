@@ -35,3 +35,9 @@ def make_net(features: int = 8, d_model: int = 16, heads: int = 2, classes: int 
 def make_tiny() -> nn.Module:
     """The test size: 4 features, width 8, 2 heads, 3 classes."""
     return make_net(features=4, d_model=8, heads=2, classes=3)
+
+
+def make_wide() -> nn.Module:
+    """Width 64 (feed-forward 128), 4 heads, 4 classes: a full NTK of batch 32 takes tens of
+    milliseconds, the size issue 18's comparison asks for."""
+    return make_net(features=8, d_model=64, heads=4, classes=4)
