@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .torch_layer_rules import (Piece, attention_forward, conv_parts, embedding_parts,
                                 linear_parts, rule_of)
@@ -146,7 +147,12 @@ def _forward(model, x, the_plan: Plan, calls: list, copy: bool):
                 module.forward = forward  # an instance attribute: nn.Module.__call__ uses it
                 patched.append(module)
                 core.append(flops)
-            else:
+            if isinstance(module, _BatchNorm):
+                # the same eval-mode map in plain ops: the batched backward of batch_norm has
+                # no vmap rule and would loop over the m cotangents
+                module.forward = _eval_batch_norm(module)
+                patched.append(module)
+            if rule != "attention":
                 handles.append(module.register_forward_hook(_hook(calls, prefix, rule, copy),
                                                             with_kwargs=True))
         with torch.enable_grad():
@@ -161,6 +167,19 @@ def _forward(model, x, the_plan: Plan, calls: list, copy: bool):
         raise TypeError(f"torch.structured needs a model returning one tensor, got "
                         f"{type(y).__name__}")
     return y, flat, [f[0] for f in core]
+
+
+def _eval_batch_norm(bn: _BatchNorm):
+    def forward(x):
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        shift = -bn.running_mean * scale
+        if bn.weight is not None:
+            scale, shift = scale * bn.weight, shift * bn.weight
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        return x * scale.reshape(view) + shift.reshape(view)
+    return forward
 
 
 def capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
@@ -233,7 +252,9 @@ def _piece(prefix, rule, module, entries, m) -> Piece:
             parts.append(conv_parts(module, c.a, g))
         else:
             parts.append(linear_parts(module, c.a, g))
-    G = torch.cat([G for _, G in parts], dim=2)
+    def joined(ts, dim):  # one call needs no copy
+        return ts[0] if len(ts) == 1 else torch.cat(ts, dim)
+    G = joined([G for _, G in parts], 2)
     c0 = entries[0][0]
     if rule == "projection":
         weight, bias = c0.weight, c0.bias
@@ -242,9 +263,9 @@ def _piece(prefix, rule, module, entries, m) -> Piece:
         has_bias = getattr(module, "bias", None) is not None
         bias = (_join(prefix, "bias"), 0) if has_bias else None
     if rule == "embedding":
-        piece = Piece(prefix, None, G, weight, None, module.num_embeddings, torch.cat(idx, 1))
+        piece = Piece(prefix, None, G, weight, None, module.num_embeddings, joined(idx, 1))
     else:
-        P = torch.cat([P for P, _ in parts], dim=1)
+        P = joined([P for P, _ in parts], 1)
         piece = Piece(prefix, P, G, weight, bias, P.shape[2])
     piece.unit = len(entries) == 1 and entries[0][2] and piece.T == 1
     inputs = sum(c.needs_input_cotangent for c, _, _ in entries) / len(entries)
