@@ -23,7 +23,7 @@ from .registry import Strategy, get, register, strategies
 IMPLEMENTATIONS = (
     "torch_jacobians", "torch_diagonals", "torch_hessians", "torch_products", "torch_ntk",
     "jax_jacobians", "jax_diagonals", "jax_hessians", "jax_products", "jax_ntk",
-    "torch_structured", "jax_structured", "torch_forward_tangent",
+    "torch_structured", "torch_per_sample", "jax_structured", "torch_forward_tangent",
     "torch_hessian_backprop",
     "peer_backpack", "peer_curvlinops", "peer_neural_tangents",
     "torch_compiled",  # after the eager strategies it compiles

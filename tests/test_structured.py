@@ -6,6 +6,7 @@ blocks with batch norm, transformer encoder layers, cross-attention with masks, 
 embeddings, custom forwards with branches), and falls back, reporting it, for exactly the
 parameters the rules do not cover."""
 import re
+import warnings
 
 import pytest
 import torch
@@ -17,8 +18,9 @@ from conftest import assert_agrees, reference_for, tolerance_for
 from jacbench.strategies import jax_structured, torch_structured
 from jacbench.strategies.agreement import max_error, tolerance
 from jacbench.strategies.jax_model import JAX_MISSING
-from jacbench.strategies.quantities import NTK_MODES, _ntk
+from jacbench.strategies.quantities import NTK_MODES, _ntk, _param_jac
 from jacbench.strategies.torch_model import TorchView
+from jacbench.strategies.torch_per_sample import param_jacobian_structured
 from jacbench.strategies.torch_structured import StructuredFallback, ntk_structured
 
 STRUCTURED = strategies.get("ntk", "torch.structured")
@@ -368,3 +370,30 @@ def test_registered_strategy_says_routes_and_bound_after_its_first_call():
     assert re.fullmatch(r"bound \S+ ms at \S+ GFLOP/s \(\S+ GFLOP: forward and backward \S+, "
                         r"contractions \S+\); achieved \S+ GFLOP/s", bound), bound
     assert run.bound.flops > 0 and run.bound.bound_s() > 0
+
+
+def _embedding_model():
+    return nn.Sequential(nn.Embedding(7, 4, padding_idx=0), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(12, 2))
+
+
+@pytest.mark.parametrize("make,x", [
+    (ResidualBlock, lambda: torch.randn(3, 3, 5, 5) + 1.0),
+    (Encoder, lambda: torch.randn(3, 4, 3)),
+    (lambda: CrossAttention(True), lambda: torch.randn(3, 4, 3)),
+    (Branches, lambda: torch.randn(3, 3)),
+    (_embedding_model, lambda: torch.randint(0, 7, (3, 3)))],
+    ids=["residual-bn", "encoder", "cross-attention", "branches", "embedding"])
+def test_param_jacobian_follows_the_same_layers(make, x):
+    """param_jacobian's torch.structured: per-sample gradients per layer, placed in
+    named_parameters order, against the float64 reference (per-sample jacrev)."""
+    torch.manual_seed(12)
+    model, x = make().double().eval(), x()
+    x = x.double() if x.is_floating_point() else x
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+    ref = _param_jac(TorchView(None, model, params, buffers, {}), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StructuredFallback)  # Branches' two, tested above
+        result = param_jacobian_structured(model, x)
+    assert max_error(result, ref.numpy()) <= tolerance("float64")
