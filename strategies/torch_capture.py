@@ -183,6 +183,23 @@ def _eval_batch_norm(bn: _BatchNorm):
 
 
 def capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
+    if torch.compiler.is_compiling():
+        # hooks and a backward batched by vmap are no graph to compile (AOT autograd's
+        # backward cannot be vmapped): torch.compile runs the capture eagerly
+        return _eager_capture()(model, x, the_plan)
+    return _capture(model, x, the_plan)
+
+
+_EAGER = []
+
+
+def _eager_capture():
+    if not _EAGER:  # torch._dynamo is imported only when compiling
+        _EAGER.append(torch.compiler.disable(_capture))
+    return _EAGER[0]
+
+
+def _capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
     calls: list[_Call] = []
     y, flat, core = _forward(model, x, the_plan, calls, copy=False)
     if any(c.a is not None and c.a._version != c.input_version for c in calls):
