@@ -18,9 +18,9 @@ from conftest import assert_agrees, reference_for, tolerance_for
 from jacbench.strategies import jax_structured, torch_structured
 from jacbench.strategies.agreement import max_error, tolerance
 from jacbench.strategies.jax_model import JAX_MISSING
-from jacbench.strategies.quantities import NTK_MODES, _ntk, _param_jac
+from jacbench.strategies.quantities import NTK_MODES, _ggn, _ntk, _param_jac
 from jacbench.strategies.torch_model import TorchView
-from jacbench.strategies.torch_per_sample import param_jacobian_structured
+from jacbench.strategies.torch_per_sample import ggn_vp_structured, param_jacobian_structured
 from jacbench.strategies.torch_structured import StructuredFallback, ntk_structured
 
 STRUCTURED = strategies.get("ntk", "torch.structured")
@@ -384,16 +384,19 @@ def _embedding_model():
     (Branches, lambda: torch.randn(3, 3)),
     (_embedding_model, lambda: torch.randint(0, 7, (3, 3)))],
     ids=["residual-bn", "encoder", "cross-attention", "branches", "embedding"])
-def test_param_jacobian_follows_the_same_layers(make, x):
-    """param_jacobian's torch.structured: per-sample gradients per layer, placed in
-    named_parameters order, against the float64 reference (per-sample jacrev)."""
+def test_param_jacobian_and_ggn_vp_follow_the_same_layers(make, x):
+    """param_jacobian's and ggn_vp's torch.structured: per-sample gradients per layer, placed
+    in named_parameters order, and J^T J v through the layers' factors, against the float64
+    references (per-sample jacrev)."""
     torch.manual_seed(12)
     model, x = make().double().eval(), x()
     x = x.double() if x.is_floating_point() else x
     params = {k: p.detach() for k, p in model.named_parameters()}
     buffers = {k: b.detach() for k, b in model.named_buffers()}
-    ref = _param_jac(TorchView(None, model, params, buffers, {}), x)
+    view = TorchView(None, model, params, buffers, {})
+    vec = torch.randn(view.param_count, dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StructuredFallback)  # Branches' two, tested above
-        result = param_jacobian_structured(model, x)
-    assert max_error(result, ref.numpy()) <= tolerance("float64")
+        result, ggn = param_jacobian_structured(model, x), ggn_vp_structured(model, x, vec)
+    assert max_error(result, _param_jac(view, x).numpy()) <= tolerance("float64")
+    assert max_error(ggn, _ggn(view, x, vec).numpy()) <= tolerance("float64")
