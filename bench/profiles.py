@@ -67,6 +67,16 @@ def _quick_trim(case, rank: int, sizes: int) -> bool:
     return rank == 0
 
 
+def _seeds_trim(case, rank: int, sizes: int) -> bool:
+    """The frameworks' face-off (issue 17's target): the five seed workloads at their largest
+    quick size (the NTK in full mode), every compiled twin beside the quick sweep's strategies,
+    so the best PyTorch time, compiled or not, meets the best jitted JAX time in one sweep."""
+    p = case.problem
+    if not p.family.startswith("seed") or rank != sizes - 1 or p.mode not in (None, "full"):
+        return False
+    return "compiled" in case.strategy.tags or _quick_trim(case, rank, sizes)
+
+
 PROFILES = {p.name: p for p in [
     # 3 GB: the largest quick case that ends well grows by 2 GB; above that an out-of-memory
     # case is caught sooner.
@@ -79,6 +89,10 @@ PROFILES = {p.name: p for p in [
     Profile("test", "test", 20, 2, Timing(max_run_time=0.02, min_run_time=0.002),
             paired_s=0.05, trim=_test_trim,
             about="tiny problems, a smoke test of the whole pipeline in seconds"),
+    Profile("seeds", "quick", 15, 3, Timing(max_run_time=0.05, min_run_time=0.01),
+            trim=_seeds_trim, paired_s=1.0,
+            about="the seeds at their largest quick size with every compiled twin: torch "
+                  "(compiled or not) against jitted JAX, about 10 minutes on 2 cores"),
 ]}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 
 from jacbench.bench import store
@@ -53,3 +54,50 @@ def compiled_vs_eager(df: pd.DataFrame) -> pd.DataFrame:
                      "compile_s": getattr(r, "first_call_s", float("nan")),
                      "graph_breaks": _note(r.message, _BREAKS), "cache": _note(r.message, _CACHE)})
     return pd.DataFrame(rows, columns=cols)
+
+
+def frameworks_face_off(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Issue 17's target: per seed problem at the largest size its ladder ran (the NTK in full
+    mode), the best exact PyTorch median, compiled or not, over the best exact JAX one; and
+    their geometric mean. Only problems where both frameworks have an ok row count: no credit
+    for a size the other framework never ran. torch.auto is no rival (it runs the others)."""
+    from .auto import is_auto
+
+    ok = df[df["status"].eq("ok") & df["family"].str.startswith("seed")
+            & (df["mode"].isna() | df["mode"].eq("full"))]
+    ok = ok[ok["exact"].map(lambda v: v is None or v != v or bool(v))
+            & ~ok["strategy"].map(is_auto) & ok["framework"].isin(["torch", "jax"])]
+    rows = []
+    for (q, fam), g in ok.groupby(["quantity", "family"]):
+        top = g[g["scale"] == g["scale"].max()]
+        for prob, h in top.groupby("problem"):
+            best = h.sort_values("median_s").drop_duplicates("framework").set_index("framework")
+            if {"torch", "jax"} <= set(best.index):
+                t, j = best.loc["torch"], best.loc["jax"]
+                rows.append({"quantity": q, "problem": prob, "torch": t["strategy"],
+                             "torch_s": t["median_s"], "jax": j["strategy"],
+                             "jax_s": j["median_s"], "ratio": t["median_s"] / j["median_s"]})
+    out = pd.DataFrame(rows, columns=["quantity", "problem", "torch", "torch_s", "jax", "jax_s",
+                                      "ratio"])
+    geomean = float(np.exp(np.log(out["ratio"]).mean())) if len(out) else float("nan")
+    return out, geomean
+
+
+def main(argv=None) -> int:
+    """`python -m jacbench.reports.compiled RESULTS`: the face-off table and its geometric mean
+    (best PyTorch / best JAX; run `jacbench run --profile seeds` first)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m jacbench.reports.compiled",
+                                 description=main.__doc__)
+    ap.add_argument("results")
+    args = ap.parse_args(argv)
+    table, geomean = frameworks_face_off(store.load(args.results))
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table.to_string(index=False) if len(table) else "no seed problem ran in both")
+    print(f"geometric mean of best PyTorch / best JAX over {len(table)} problems: {geomean:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

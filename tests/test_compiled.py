@@ -86,3 +86,33 @@ def test_auto_never_picks_a_compiled_twin():
     for q in TWINS:
         for p in problems(q, "test"):
             assert all("compiled" not in s.tags for s in candidates(p))
+
+
+def test_face_off_takes_each_frameworks_best_at_the_largest_size_both_ran():
+    import pandas as pd
+
+    from jacbench.reports.compiled import frameworks_face_off
+
+    def row(problem, scale, strategy, median, status="ok", family="seed004_linear_tanh",
+            mode=None, exact=True):
+        return {"quantity": "jacobian", "family": family, "problem": problem, "scale": scale,
+                "mode": mode, "strategy": strategy, "framework": strategy.split(".")[0],
+                "status": status, "median_s": median, "exact": exact}
+    df = pd.DataFrame([
+        row("p@2", 2, "torch.jacrev", 4e-3), row("p@2", 2, "torch.jacrev_compiled", 1e-3),
+        row("p@2", 2, "jax.jacrev_jit", 2e-3), row("p@2", 2, "torch.auto", 1e-4),
+        row("p@2", 2, "torch.hutchinson", 1e-5, exact=False),
+        row("p@2", 2, "jax.vmap_jvp_jit", 1e-5, status="disagrees"),
+        row("p@1", 1, "torch.jacrev", 1e-6), row("p@1", 1, "jax.jacrev_jit", 1.0),
+        # a problem JAX never ran: no credit either way
+        row("q@1", 1, "torch.jacrev", 1e-3, family="seed001_sqrt"),
+        row("n@1", 1, "torch.structured", 8e-3, family="seed003_convnet", mode="full"),
+        row("n@1", 1, "jax.structured_jit", 2e-3, family="seed003_convnet", mode="full"),
+        row("t@1", 1, "torch.structured", 1e-3, family="seed003_convnet", mode="trace"),
+        row("m@1", 1, "jax.structured_jit", 1e-3, family="mlp_width"),
+    ])
+    table, geomean = frameworks_face_off(df)
+    got = {r.problem: (r.torch, r.jax, r.ratio) for r in table.itertuples()}
+    assert got == {"p@2": ("torch.jacrev_compiled", "jax.jacrev_jit", 0.5),
+                   "n@1": ("torch.structured", "jax.structured_jit", 4.0)}
+    assert geomean == pytest.approx(2 ** 0.5)
