@@ -130,11 +130,14 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("address, says", [
-    (f"tcp://127.0.0.1:{_free_port()}", "no Dask scheduler answers at"),
+    # The port is chosen when the test runs: a parameter drawn at collection would differ
+    # between pytest-xdist's workers, which then refuse to run at all.
+    ("tcp://127.0.0.1:{free_port}", "no Dask scheduler answers at"),
     ("tcp://127.0.0.1", "is not a Dask scheduler address"),
     ("ftp://127.0.0.1:8786", "is not a Dask scheduler address"),
 ])
 def test_unreachable_scheduler_is_one_clear_line(address, says, tmp_path, capsys):
+    address = address.format(free_port=_free_port())
     code = main(["run", *SELECTION, "--results", str(tmp_path / "r.jsonl"),
                  "--scheduler", address])
     err = capsys.readouterr().err.strip()
