@@ -38,7 +38,9 @@ def picked(message) -> str | None:
     return m.group(1) if m else None
 
 
-def _ok_exact(rows: pd.DataFrame) -> pd.DataFrame:
+def ok_exact(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows that compete for fastest: ok, exact (a missing flag, as in old files, counts
+    as exact), timed, and not torch.auto (it runs one of the others)."""
     exact = rows["exact"].map(lambda v: v is None or v != v or bool(v))
     return rows[rows["status"].eq("ok") & exact & pd.to_numeric(rows["median_s"]).notna()
                 & ~rows["strategy"].map(is_auto)]
@@ -53,7 +55,7 @@ def auto_cases(df: pd.DataFrame, versus: str = "torch") -> pd.DataFrame:
         same = df
         for col in KEY:
             same = same[same[col] == a[col]]
-        rivals = _ok_exact(same)
+        rivals = ok_exact(same)
         # The strategies auto picks among: eager PyTorch. A compiled twin (tag "compiled") is
         # none: auto cannot amortise its compile.
         if versus == "torch":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .auto import hit_rate, is_auto
+from .auto import hit_rate, ok_exact
 
 KEY = "case_id"
 PROBLEM = ["quantity", "problem", "device", "dtype"]
@@ -79,17 +79,11 @@ def repeatability(pairs: pd.DataFrame, tolerance: float = 0.10,
 
 
 # ------------------------------------------------------------------------------ verdicts
-def _exact_ok(df: pd.DataFrame) -> pd.Series:
-    exact = df["exact"].map(lambda v: v is None or v != v or bool(v))
-    return df["status"].eq("ok") & exact & pd.to_numeric(df["median_s"]).notna() \
-        & ~df["strategy"].map(is_auto)
-
-
 def ratios_to_fastest(df: pd.DataFrame) -> pd.DataFrame:
     """Each ok case's median over its problem's fastest exact ok strategy (torch.auto, which
     runs one of the others, is not a rival), with that fastest strategy's name."""
     ok = df[df["status"].eq("ok") & pd.to_numeric(df["median_s"]).notna()].copy()
-    best = (df[_exact_ok(df)].sort_values(["median_s", "strategy"])
+    best = (ok_exact(df).sort_values(["median_s", "strategy"])
             .drop_duplicates(PROBLEM)[PROBLEM + ["strategy", "median_s"]]
             .rename(columns={"strategy": "fastest_name", "median_s": "fastest_s"}))
     ok = ok.merge(best, on=PROBLEM)

@@ -61,12 +61,11 @@ def frameworks_face_off(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     mode), the best exact PyTorch median, compiled or not, over the best exact JAX one; and
     their geometric mean. Only problems where both frameworks have an ok row count: no credit
     for a size the other framework never ran. torch.auto is no rival (it runs the others)."""
-    from .auto import is_auto
+    from .auto import ok_exact
 
-    ok = df[df["status"].eq("ok") & df["family"].str.startswith("seed")
-            & (df["mode"].isna() | df["mode"].eq("full"))]
-    ok = ok[ok["exact"].map(lambda v: v is None or v != v or bool(v))
-            & ~ok["strategy"].map(is_auto) & ok["framework"].isin(["torch", "jax"])]
+    ok = ok_exact(df)
+    ok = ok[ok["family"].str.startswith("seed") & (ok["mode"].isna() | ok["mode"].eq("full"))
+            & ok["framework"].isin(["torch", "jax"])]
     rows = []
     for (q, fam), g in ok.groupby(["quantity", "family"]):
         top = g[g["scale"] == g["scale"].max()]

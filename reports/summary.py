@@ -16,7 +16,8 @@ import pandas as pd
 
 from jacbench.bench import store
 from jacbench.bench.environment import machine_kind
-from jacbench.strategies.torch_auto import AUTO
+
+from .auto import ok_exact
 
 # FAILED are failures to produce a timed answer; `disagrees` produced a wrong one;
 # `not_applicable` was never attempted, by design.
@@ -171,12 +172,6 @@ def baseline_name(rows: pd.DataFrame) -> str | None:
     return min(keys)[2]
 
 
-def _ok_exact(rows: pd.DataFrame) -> pd.DataFrame:
-    # torch.auto runs one of the others: "fastest" names the concrete strategy instead.
-    auto = rows["strategy"].astype(str).eq(AUTO)
-    return rows[rows["status"].eq("ok") & rows["exact"] & rows["median_s"].notna() & ~auto]
-
-
 def _status_counts(statuses) -> str:
     counts = pd.Series(list(statuses)).value_counts()
     return ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES[1:] if s in counts)
@@ -200,7 +195,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         here = set(rows.loc[rows["status"] != "not_applicable", "framework"])
         missing = frameworks.get((rec["quantity"], rec["setting"]), set()) - here
         rec["not_run"] = ", ".join(sorted(missing, key=framework_key))
-        good = _ok_exact(rows).sort_values(["median_s", "strategy"])
+        good = ok_exact(rows).sort_values(["median_s", "strategy"])
         base = baseline_name(rows)
         base_rows = rows[rows["strategy"] == base]
         rec.update(strategies=rows["strategy"].nunique(), ok=int(len(good)),
@@ -481,12 +476,12 @@ def _rows(df, quantity, family, mode=None) -> pd.DataFrame:
 
 
 def _fastest(rows: pd.DataFrame):
-    good = _ok_exact(rows).sort_values(["median_s", "strategy"])
+    good = ok_exact(rows).sort_values(["median_s", "strategy"])
     return good.iloc[0] if len(good) else None
 
 
 def _leanest(rows: pd.DataFrame):
-    good = _ok_exact(rows)
+    good = ok_exact(rows)
     good = good[good["peak_mem_bytes"].notna()].sort_values(["peak_mem_bytes", "strategy"])
     return good.iloc[0] if len(good) else None
 
@@ -521,7 +516,7 @@ def _duel(rows: pd.DataFrame, is_a, is_b, framework: str | None, problems=None) 
         return None
     a_rows = rows[rows.apply(is_a, axis=1).astype(bool)]
     b_rows = rows[rows.apply(is_b, axis=1).astype(bool)]
-    ok_a = _ok_exact(a_rows)
+    ok_a = ok_exact(a_rows)
     both = sorted(set(ok_a["problem"]) & set(b_rows["problem"]),
                   key=lambda p: (rows.loc[rows["problem"] == p, "scale"].max(), p))
     if not both:
@@ -663,7 +658,7 @@ def _seed003(df, c: Claim) -> None:
         top = rows["scale"].max()
         at = rows[rows["scale"] == top]
         what = q + (f"[{mode}]" if mode else "")
-        good = _ok_exact(at)
+        good = ok_exact(at)
         failed = at[at["status"].isin(FAILED)]
         fail_text = ("; failed there: " + ", ".join(f"{r.strategy} ({r.status})"
                                                       for r in failed.itertuples())
