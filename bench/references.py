@@ -3,10 +3,9 @@ problem's weights and data, with its float32 noise floor (what sets the toleranc
 user's model too large for it, the consensus of the exact strategies' results."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import hashlib
 
 import numpy as np
 

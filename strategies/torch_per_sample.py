@@ -8,26 +8,20 @@ captured layer inputs and output cotangents (torch_capture), and per layer
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from .registry import register
-from .torch_capture import capture, layer_jacobian, model_jacobian, plan
+from .torch_capture import layer_jacobian, model_jacobian, plan
 from .torch_layer_rules import norm_grads
 from .torch_model import torch_view
-from .torch_structured import StructuredFallback, with_notes
+from .torch_structured import capture_noting_fallbacks, with_notes
 
 
 def param_jacobian_structured(model, X: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
     """(B, m, P) per-sample Jacobians w.r.t. all parameters in named_parameters order, per
     layer from its captured inputs and cotangents; fallbacks as in ntk_structured."""
-    the_plan = plan(model)
     with torch.no_grad():
-        cap = capture(model, X, the_plan)
-        said = the_plan.notes + cap.notes
-        if said:
-            warnings.warn("; ".join(said), StructuredFallback, stacklevel=2)
+        cap, said = capture_noting_fallbacks(model, X)
         sizes, start, at = _offsets(model)
         like = next((p.G for p in cap.pieces), None)
         like = X if like is None else like
@@ -81,12 +75,8 @@ def _per_sample_blocks(model, cap, X):
 
 def ggn_vp_structured(model, X: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     """J^T J vec over the batch, J the (B*m, P) parameter Jacobian, by the layers' factors."""
-    the_plan = plan(model)
     with torch.no_grad():
-        cap = capture(model, X, the_plan)
-        said = the_plan.notes + cap.notes
-        if said:
-            warnings.warn("; ".join(said), StructuredFallback, stacklevel=2)
+        cap, said = capture_noting_fallbacks(model, X)
         sizes, start, _ = _offsets(model)
 
         def part(where, size):

@@ -125,6 +125,19 @@ def _piece_term(out, piece, B1: int, same: bool, m: int, mode: str) -> tuple[str
 
 
 # ------------------------------------------------------------------------------ the NTK
+def capture_noting_fallbacks(model, X: torch.Tensor, notes: list | None = None):
+    """(capture, fallback lines) of `model` on X (torch_capture's plan and capture): each
+    fallback line is appended to `notes` (when given) and warned as a StructuredFallback."""
+    the_plan = plan(model)
+    cap = capture(model, X, the_plan)
+    said = the_plan.notes + cap.notes
+    if said:
+        if notes is not None:
+            notes.extend(said)
+        warnings.warn("; ".join(said), StructuredFallback, stacklevel=3)
+    return cap, said
+
+
 def ntk_structured(model, x1: torch.Tensor, x2: torch.Tensor, mode: str = "full",
                    notes: list | None = None, stats: dict | None = None) -> torch.Tensor:
     """Empirical NTK J(x1) J(x2)^T over all parameters of `model` by structured derivatives.
@@ -138,17 +151,11 @@ def ntk_structured(model, x1: torch.Tensor, x2: torch.Tensor, mode: str = "full"
     """
     if mode not in NTK_MODES:
         raise ValueError(f"unknown NTK mode {mode!r}; known: {', '.join(NTK_MODES)}")
-    the_plan = plan(model)
     same = x2 is x1
     B1, B2 = x1.shape[0], x2.shape[0]
     with torch.no_grad():  # graphs only where capture enables them (torch.func ignores it)
         X = x1 if same else torch.cat([x1, x2])
-        cap = capture(model, X, the_plan)
-        said = the_plan.notes + cap.notes
-        if said:
-            if notes is not None:
-                notes.extend(said)
-            warnings.warn("; ".join(said), StructuredFallback, stacklevel=2)
+        cap, said = capture_noting_fallbacks(model, X, notes)
         m = cap.m
         out = _zeros(B1, B2, m, X if X.is_floating_point() else cap.pieces[0].G, mode)
         routes, flops = {}, {"forward and backward": cap.flops}
