@@ -27,7 +27,6 @@ import secrets
 import socket
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +35,7 @@ from . import store
 from .cases import BadInput, Case, problem_key
 from .cluster_task import run_problem
 from .progress import Progress, Summary
-from .runner import FAILED, _row_base
+from .runner import FAILED, row_base
 
 CONNECT_TIMEOUT_S = 10.0
 INSTALL = "pip install 'dask[distributed]'"
@@ -125,7 +124,7 @@ def chains(cases: list[Case], done: set[str]) -> dict[tuple, list[Task]]:
 
 
 def error_rows(task: Task, run_id: str, message: str) -> list[dict]:
-    return [{**_row_base(c, {}, run_id), "status": "error", "message": message}
+    return [{**row_base(c, {}, run_id), "status": "error", "message": message}
             for c in task.pending]
 
 

@@ -47,7 +47,9 @@ from .references import (REFERENCE_TIMEOUT_S, ProblemInfo, drop_output, judge_by
 FAILED = ("timeout", "oom")  # statuses after which larger sizes are skipped
 
 
-def _row_base(case: Case, env: dict, run_id: str) -> dict:
+def row_base(case: Case, env: dict, run_id: str) -> dict:
+    """The columns every row of `case` has, whatever its outcome (the cluster client writes
+    failed problems' rows with them too)."""
     p, s = case.problem, case.strategy
     return {"run_id": run_id, "case_id": case.case_id, "quantity": case.quantity,
             "problem": p.id, "family": p.family, "size": p.size, "mode": p.mode,
@@ -356,7 +358,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             row = without_running(case)
             if row is not None:
                 pending.pop(i)
-                record(case, {**_row_base(case, env, run_id), **row})
+                record(case, {**row_base(case, env, run_id), **row})
                 continue
             key = problem_key(case)
             if key not in infos:
@@ -393,7 +395,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                     finish_problem(job, out)
                     continue
                 case = job.case
-                row = _row_base(case, env, run_id)
+                row = row_base(case, env, run_id)
                 info = infos[problem_key(case)]
                 row.update(forward_s=info.forward_s, tolerance=info.tolerance(case.dtype),
                            noise_floor=info.noise,
