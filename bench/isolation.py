@@ -25,6 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import psutil
+
 from .failures import classify, one_line
 
 _CTX = mp.get_context("fork")
@@ -107,14 +109,21 @@ def _signal_name(num: int) -> str:
 
 
 PAUSE = "_paused"  # a partial-message key: True while the child waits for the exclusive lock
+QUIET = "_quiet"  # a partial-message key: True while the child times and wants the others stopped
+QUIET_SETTLE_S = 0.01  # for the parent to read the message and stop the others
 
 
 @contextlib.contextmanager
-def exclusive(lock_path, send=None):
+def exclusive(lock_path, send=None, quiet: bool = False):
     """Hold the machine-wide timing lock (an flock, released even if the holder is killed).
 
     Cases run side by side during their untimed and first-call phases, but steady-state timing
     happens alone. `send` tells the parent to stop this child's clock while it waits.
+    `quiet`: the parent also stops (SIGSTOP) the other children while this one holds the lock
+    (`Child.hold`). Why: the lock keeps two timings apart, not a timing from the other slot's
+    compile or reference work on the other core, which shares the caches and the memory bus
+    (issue 16): under a memory-bound load there, ratios of one problem's strategies moved by
+    up to 10%, against 2-5% on an idle machine.
     """
     if lock_path is None:
         yield
@@ -125,9 +134,13 @@ def exclusive(lock_path, send=None):
             send({PAUSE: True})
         fcntl.flock(fd, fcntl.LOCK_EX)
         if send:
-            send({PAUSE: False})
+            send({PAUSE: False, **({QUIET: True} if quiet else {})})
+            if quiet:
+                time.sleep(QUIET_SETTLE_S)
         yield
     finally:
+        if send and quiet:
+            send({QUIET: False})
         os.close(fd)  # releases the lock
 
 
@@ -145,7 +158,8 @@ class Child:
         self.proc = _CTX.Process(target=_child, args=(fn, child_conn, log_path), daemon=True)
         self.start = self.clock_from = time.monotonic()
         self.used = 0.0  # seconds counted against the time limit, pauses left out
-        self.paused = False
+        self.holds: set[str] = set()  # why its clock is stopped: "lock" (waits), "stopped"
+        self.quiet = False  # it is timing and asks for the other children to be stopped
         self.out = Outcome("error")
         self.final = None
         self.killed = None
@@ -181,22 +195,45 @@ class Child:
                 self.final = (kind, data)
                 return
             if PAUSE in data:
-                self._pause(data.pop(PAUSE))
+                self._clock("lock", data.pop(PAUSE))
+            if QUIET in data:
+                self.quiet = data.pop(QUIET)
             self.out.partial.update(data)
 
-    def _pause(self, paused: bool) -> None:
+    def _clock(self, why: str, held: bool) -> None:
+        """Stop (held) or restart the time-limit clock for reason `why`; it runs when no
+        reason holds it."""
         now = time.monotonic()
-        if paused and not self.paused:
+        if held and not self.holds:
             self.used += now - self.clock_from
-        elif not paused and self.paused:
+        elif not held and self.holds == {why}:
             self.clock_from = now
-        self.paused = paused
+        if held:
+            self.holds.add(why)
+        else:
+            self.holds.discard(why)
+
+    def hold(self, stopped: bool) -> None:
+        """Stop (SIGSTOP) or continue this child and the processes it started (e.g.
+        inductor's compile workers) while another child times (`exclusive(quiet=True)`); its
+        time limit does not run while it is stopped."""
+        if stopped == ("stopped" in self.holds) or not self.proc.is_alive():
+            return
+        try:
+            procs = [psutil.Process(self.proc.pid)]
+            procs += procs[0].children(recursive=True)
+        except psutil.Error:
+            return
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGSTOP if stopped else signal.SIGCONT)
+        self._clock("stopped", stopped)
 
     def _watch(self) -> None:
         grown = rss_bytes(self.proc.pid) - self.base
         self.out.max_rss_bytes = max(self.out.max_rss_bytes, grown)
         now = time.monotonic()
-        used = self.used + (0 if self.paused else now - self.clock_from)
+        used = self.used + (0 if self.holds else now - self.clock_from)
         cap, limit = self.limits.mem_cap_bytes, self.limits.timeout_s
         if grown > cap:
             self.killed = ("oom", f"memory grew past the {cap / GB:.3g} GB cap "
@@ -207,6 +244,7 @@ class Child:
 
     def kill(self) -> None:
         if self.proc.is_alive():
+            self.hold(False)  # its stopped helper processes must not stay behind stopped
             self.proc.kill()
         self.proc.join()
         self.conn.close()
@@ -215,6 +253,7 @@ class Child:
         out, proc = self.out, self.proc
         if self.killed or self.final is None:
             if proc.is_alive():
+                self.hold(False)
                 proc.kill()
         proc.join(timeout=10)
         if proc.is_alive():
@@ -271,10 +310,16 @@ class InProcess:
             else:
                 os.environ["XLA_FLAGS"] = xla_flags
             self.out.partial.pop(PAUSE, None)
+            self.out.partial.pop(QUIET, None)
             self.out.wall_s = time.monotonic() - start
+
+    quiet = False  # nothing else runs beside it
 
     def poll(self, wait_s: float = 0.0) -> Outcome:
         return self.out
+
+    def hold(self, stopped: bool) -> None:
+        pass
 
     def kill(self) -> None:
         pass

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,10 +41,13 @@ class Rounds:
     k-th round, so that it costs about `fair_share` blocks per round on average; without this
     one 100 ms strategy would leave the others a handful of rounds.
     `min_rounds`: the fast callables get at least this many rounds even past the budget, but
-    never past `overrun` times the budget (a problem of several 0.5 s strategies).
-    `min_samples`: a slow callable runs often enough to get about this many rounds within the
-    budget, when the budget allows (`periods`): a ratio from two or three calls of a 100 ms
-    strategy moved by 20-50% between sweeps.
+    never past `overrun` times the budget (a problem of several 0.5 s strategies). Why 20: the
+    fastest strategy is every ratio's denominator; in two quick sweeps with 5 rounds where a
+    0.4 s strategy took the budget, a 70 us fastest moved by 7-12% between sweeps, and every
+    ratio of its problem with it (issue 16).
+    `min_samples`: a slow callable runs often enough to get about this many rounds (`periods`):
+    a ratio from two or three calls of a 100 ms strategy moved by 20-50% between sweeps. Its
+    calls are spread over the fast callables' rounds, not the other way round.
     `warm_below_s`: a block of a callable faster than this starts with one untimed call. The
     first call after the other strategies ran pays for cold caches: in a quick sweep a 0.75 ms
     NTK cost 1.27 ms per call in blocks of one call and 0.75 ms in blocks of three, so the
@@ -53,7 +57,7 @@ class Rounds:
     budget_s: float = 1.5
     block_s: float = 0.002
     fair_share: float = 3.0
-    min_rounds: int = 5
+    min_rounds: int = 20
     min_samples: int = 5
     overrun: float = 3.0
     warm_below_s: float = 0.02
@@ -96,21 +100,27 @@ def warms(per_call_s: float, rounds: Rounds) -> bool:
 
 
 def periods(blocks: dict, rounds: Rounds) -> dict:
-    """name -> period, from name -> seconds of one block (warm-up call included): the fair
-    share (a block of `fair_share` block lengths or less per round on average), shortened where the rounds the budget affords would give a callable
-    fewer than `min_samples` rounds. Shortening a period makes rounds longer, so the number of
-    rounds is estimated again, a few times."""
-    out = {n: max(1, round(b / (rounds.fair_share * rounds.block_s))) for n, b in blocks.items()}
+    """name -> period, from name -> seconds of one block (warm-up call included).
+
+    The rounds planned are those the budget affords with every callable at its fair share (a
+    block of `fair_share` block lengths or less per round on average), and never fewer than
+    `min_rounds`. A slow callable's period is its fair share, shortened where that would give
+    it fewer than `min_samples` of the planned rounds. Shortening a period makes rounds longer,
+    so the rounds the budget affords are estimated again, a few times; a problem whose slow
+    callables need more than the budget for their samples runs past it (up to `overrun`), and
+    its fast callables still get `min_rounds`."""
+    fair = {n: max(1, round(b / (rounds.fair_share * rounds.block_s))) for n, b in blocks.items()}
+    out = dict(fair)
     for _ in range(4):
         per_round = sum(b / out[n] for n, b in blocks.items())
-        expected = rounds.budget_s / per_round if per_round > 0 else float("inf")
-        changed = False
-        for n in out:
-            if expected / out[n] < rounds.min_samples and out[n] > 1:
-                out[n] = max(1, int(expected // rounds.min_samples))
-                changed = True
-        if not changed:
+        planned = max(rounds.budget_s / per_round if per_round > 0 else float("inf"),
+                      rounds.min_rounds)
+        longest = max(1, int(planned // rounds.min_samples)) if planned < float("inf") \
+            else max(fair.values(), default=1)
+        new = {n: min(fair[n], longest) for n in blocks}
+        if new == out:
             break
+        out = new
     return out
 
 
@@ -181,24 +191,34 @@ def spread(times) -> tuple[float, float]:
 
 def ratio_ci(a: dict, b: dict, resamples: int = 2000, level: float = 0.95,
              rng=None) -> tuple[float, float, float, int]:
-    """Ratio of medians a / b over the rounds both ran in, with a percentile bootstrap CI that
-    resamples whole rounds: the two times of one round saw the same host speed, so resampling
-    them together keeps that pairing and the interval reflects the noise that remains.
+    """Ratio of medians a / b, each over all its rounds (so it is the ratio of the rows'
+    median_s), with a percentile bootstrap CI that resamples whole rounds: the times of one
+    round saw the same host speed, so resampling them together keeps that pairing, and the
+    interval reflects the noise that remains. A callable that runs every k-th round
+    (`periods`) is resampled with the rounds it ran in.
+
+    Why all rounds and not only those both ran in: the fastest strategy is the denominator of
+    every ratio of its problem, and a slow strategy shares a fifth of its rounds; its median
+    over those few rounds moved ratios by 10% between sweeps.
 
     `a`, `b`: {round: seconds per call}. Returns (ratio, low, high, rounds in common); low and
     high are NaN with fewer than 3 rounds in common (no interval worth the name).
     """
     common = sorted(set(a) & set(b))
-    if not common:
+    if not a or not b:
         return float("nan"), float("nan"), float("nan"), 0
-    x = np.array([a[r] for r in common], float)
-    y = np.array([b[r] for r in common], float)
-    ratio = float(np.median(x) / np.median(y))
+    ratio = float(np.median(list(a.values())) / np.median(list(b.values())))
     if len(common) < 3:
         return ratio, float("nan"), float("nan"), len(common)
+    rounds_ = sorted(set(a) | set(b))
+    x = np.array([a.get(r, np.nan) for r in rounds_], float)
+    y = np.array([b.get(r, np.nan) for r in rounds_], float)
     rng = rng if rng is not None else np.random.default_rng(0)
-    idx = rng.integers(0, len(common), size=(resamples, len(common)))
-    boot = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
+    idx = rng.integers(0, len(rounds_), size=(resamples, len(rounds_)))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without a's rounds
+        boot = np.nanmedian(x[idx], axis=1) / np.nanmedian(y[idx], axis=1)
+    boot = boot[np.isfinite(boot)]
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(boot, [tail, 100 - tail])
     return ratio, float(low), float(high), len(common)

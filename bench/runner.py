@@ -75,6 +75,15 @@ def default_jobs(threads: int) -> int:
     return max(1, min(2, len(os.sched_getaffinity(0)) // threads))
 
 
+def keep_quiet(running: dict) -> None:
+    """While one child times with the machine to itself (bench.isolation.exclusive's `quiet`),
+    the others stay stopped; once it is done (or gone), they continue."""
+    holder = next((job for job in running.values() if job.child.quiet), None)
+    for job in running.values():
+        if job is not holder:
+            job.child.hold(holder is not None)
+
+
 @dataclass
 class _Job:
     child: Child | InProcess
@@ -174,7 +183,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             send({"reference": "ok"})
             return {"forward_s": harness.forward_time(
                 p, case.device, case.dtype, threads, profile.timing,
-                exclusive=lambda: exclusive(lock, send))}
+                exclusive=lambda: exclusive(lock, send, quiet=True))}
 
         note(f"reference ({info.reference}) and forward pass: {p.quantity} {p.id} "
              f"{case.device} {case.dtype}")
@@ -214,7 +223,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             ref = np.load(info.ref_path) if save_to is None else None
             out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
                                    threads, profile.timing, send,
-                                   exclusive=lambda: exclusive(lock, send), save_to=save_to,
+                                   exclusive=lambda: exclusive(lock, send, quiet=True), save_to=save_to,
                                    tol=info.tolerance(case.dtype))
             if case.device == "cuda":
                 import torch
@@ -290,7 +299,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             prebuild(problem)
             return side_by_side.time_problem(
                 [c.strategy for c, _ in chosen], problem, key[2], key[3], budget,
-                exclusive=lambda: exclusive(lock, send), estimates=estimates)
+                exclusive=lambda: exclusive(lock, send, quiet=True), estimates=estimates)
 
         note(f"paired timing of {len(chosen)} strategies: {' '.join(key)}")
         # Every strategy is prepared (and compiled) again before the rounds start.
@@ -378,6 +387,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             for slot in range(jobs):
                 if slot not in running:
                     fill(slot)
+            keep_quiet(running)
             if not running:
                 continue  # what was left needed no child
             conns = [job.child.conn for job in running.values() if job.child.conn is not None]
@@ -410,6 +420,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                 if capped and row.get("status") in ("ok", "disagrees"):
                     row["message"] = "; ".join(t for t in (row.get("message"), capped) if t)
                 record(case, row)
+            keep_quiet(running)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

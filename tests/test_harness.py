@@ -258,3 +258,47 @@ def test_exclusive_phases_never_overlap_and_waiting_for_them_is_not_timed(tmp_pa
     assert [o.status for o in outs] == ["done", "done"], [o.message for o in outs]
     (_, end1), (start2, _) = sorted(o.result for o in outs)
     assert end1 <= start2
+
+
+def test_a_quiet_timing_stops_the_other_children_and_their_clocks(tmp_path):
+    """While one child times with `quiet`, the runner's keep_quiet stops the others: they make
+    no progress in that window, and the stop does not count against their time limit."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from jacbench.bench.runner import keep_quiet
+
+    lock = tmp_path / "timing.lock"
+
+    def timer(send):
+        time.sleep(0.2)  # let the worker start ticking first
+        with exclusive(lock, send, quiet=True):
+            start = time.monotonic()
+            time.sleep(1.5)
+            end = time.monotonic()
+        return start, end
+
+    def worker(send):
+        ticks = []
+        while len(ticks) < 80:  # ~0.9 s of its own, ~2.4 s in all: within the limit if stops don't count
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+        return ticks
+
+    limits = Limits(timeout_s=2.0, mem_cap_bytes=100 * 2 ** 20, poll_s=0.01)
+    jobs = {0: SimpleNamespace(child=Child(timer, replace(limits, timeout_s=10))),
+            1: SimpleNamespace(child=Child(worker, limits))}
+    outs = {}
+    while len(outs) < 2:
+        for slot, job in list(jobs.items()):
+            out = job.child.poll(0.005)
+            if out is not None:
+                outs[slot] = out
+                del jobs[slot]
+        keep_quiet(jobs)
+    assert outs[0].status == "done" and outs[1].status == "done", \
+        [outs[0].message, outs[1].message]
+    start, end = outs[0].result
+    ticks = np.array(outs[1].result)
+    assert ((ticks > start + 0.05) & (ticks < end - 0.05)).sum() == 0
+    assert ticks[-1] > end  # it continued afterwards

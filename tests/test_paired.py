@@ -45,15 +45,22 @@ def test_equal_strategies_are_tied_and_different_ones_are_not():
     assert not is_tied(low, high) and low > 1.2
 
 
-def test_ratio_uses_only_the_rounds_both_ran_in():
-    a = {0: 1.0, 1: 1.0, 2: 1.0, 3: 5.0, 4: 5.0, 5: 5.0}  # fast then slow host
-    b = {0: 2.0, 2: 2.0, 4: 10.0}  # a slow strategy, every other round
+def test_ratio_is_that_of_the_rows_medians_and_its_interval_resamples_whole_rounds():
+    # a runs every round, b (slow) every 4th: the ratio is that of their medians over all
+    # their rounds (the rows' median_s), not of a's median over b's five rounds only.
+    rng = np.random.default_rng(4)
+    a = _rounds(1e-3 * rng.normal(1, 0.02, 20))
+    a[0] = a[4] = a[8] = 1.5e-3  # a's rounds shared with b happen to be slow ones
+    b = {r: 0.1 * rng.normal(1, 0.02) for r in range(0, 20, 4)}
     ratio, low, high, n = ratio_ci(b, a)
-    assert n == 3 and ratio == pytest.approx(2.0) and low == pytest.approx(2.0)
+    assert n == 5
+    assert ratio == pytest.approx(np.median(list(b.values())) / np.median(list(a.values())))
+    assert ratio == pytest.approx(100, rel=0.05) and low <= ratio <= high
     ratio, low, high, n = ratio_ci({0: 2.0, 3: 10.0}, a)  # too few rounds for an interval
-    assert n == 2 and ratio == pytest.approx(2.0) and np.isnan(low) and np.isnan(high)
+    assert n == 2 and np.isnan(low) and np.isnan(high)
     assert not is_tied(low, high)
-    assert ratio_ci({7: 1.0}, a)[3] == 0
+    assert ratio_ci({70: 1.0}, a)[3] == 0  # no round in common: a ratio, no interval
+    assert np.isnan(ratio_ci({}, a)[0])
 
 
 def test_summarize_ranks_exact_strategies_and_leaves_forward_passes_unranked():
@@ -179,3 +186,18 @@ def test_the_budget_is_kept_on_its_own_clock():
                      budget_clock=wall_clock)
     assert 0.5 <= wall[0] < 0.6 and host.now < 0.3
     assert spread(out["a"]["times"].values())[0] < 1.8e-3  # samples on `clock`, not the wall
+
+
+def test_a_slow_callable_does_not_cut_the_fast_ones_rounds():
+    # One 0.4 s callable needs 2 s for its five samples, past the 1 s budget: the fast ones
+    # still get min_rounds (the fastest is every ratio's denominator), and the slow one runs
+    # every 4th round, not every round (which gave everything 5 rounds before).
+    r = Rounds(budget_s=1.0, block_s=0.002, min_rounds=20, min_samples=5, overrun=3.0)
+    blocks = {"f1": 0.004, "f2": 0.004, "f3": 0.006, "slow": 0.4}
+    got = periods(blocks, r)
+    assert got == {"f1": 1, "f2": 1, "f3": 1, "slow": 4}
+    host = VirtualHost()
+    fns = {n: host.callable(b / 2) for n, b in blocks.items()}  # a warm-up call per block
+    out = run_rounds(fns, r, clock=host.clock, estimates={n: b / 2 for n, b in blocks.items()})
+    assert min(len(out[n]["times"]) for n in ("f1", "f2", "f3")) >= 20
+    assert len(out["slow"]["times"]) >= 5 and host.now < 3.0 + 0.5
