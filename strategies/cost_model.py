@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .layer_kinds import KINDS
 from .problem import ModelSpec, Problem
 from .quantities import quantity
 
@@ -60,25 +61,8 @@ def forward_macs(spec: ModelSpec) -> int:
     by propagating the sample's shape through the layer list."""
     shape, macs = tuple(spec.in_shape), 0
     for layer in spec.layers:
-        size = int(np.prod(shape))
-        if layer.kind == "linear":
-            out_f, in_f = layer.params["weight"].shape
-            macs += out_f * in_f
-            shape = (*shape[:-1], out_f)
-        elif layer.kind == "conv2d":
-            c_out, c_in, kh, kw = layer.params["weight"].shape
-            pad, stride = layer.options.get("padding", 0), layer.options.get("stride", 1)
-            h = (shape[-2] + 2 * pad - kh) // stride + 1
-            w = (shape[-1] + 2 * pad - kw) // stride + 1
-            shape = (c_out, h, w)
-            macs += c_out * c_in * kh * kw * h * w
-        elif layer.kind == "avgpool2":
-            macs += size
-            shape = (*shape[:-2], shape[-2] // 2, shape[-1] // 2)
-        elif layer.kind == "flatten":
-            shape = (size,)
-        else:  # tanh, relu, sqrt, batch norm: elementwise
-            macs += size
+        layer_macs, shape = KINDS[layer.kind].forward_macs(layer, shape)
+        macs += layer_macs
     return max(1, macs)
 
 

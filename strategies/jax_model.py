@@ -1,7 +1,8 @@
 """Builds a pure JAX function from a `ModelSpec` and registers JAX strategies, eager and jitted.
 
-The layers mirror `strategies.torch_model` exactly (NCHW/OIHW convolutions, eval-mode batch
-norm, torch's flatten order), so one problem is one mathematical function in both frameworks.
+The layers (each kind's `jax_apply`, `strategies.layer_kinds`) mirror their torch modules
+exactly (NCHW/OIHW convolutions, eval-mode batch norm, torch's flatten order), so one problem is
+one mathematical function in both frameworks.
 
 float64 needs JAX's x64 mode. It is switched on only inside `jax.enable_x64(True)` scopes
 (a thread-local context manager since JAX 0.8): the view is built in that scope and the
@@ -21,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .layer_kinds import KINDS
+from .layer_kinds.base import JAX_PRECISION
 from .problem import Layer, ModelSpec, Problem
 from .registry import always, register
 from .user_model import UserModel, jax_parts
@@ -28,16 +31,10 @@ from .user_model import UserModel, jax_parts
 try:
     import jax
     import jax.numpy as jnp
-    from jax import lax
     JAX_MISSING: str | None = None
 except ImportError as exc:  # the registry still lists JAX strategies, as not applicable
-    jax = jnp = lax = None
+    jax = jnp = None
     JAX_MISSING = f"jax is not installed ({exc})"
-
-# float32 products at full precision: on GPUs XLA's default precision may use TF32 for float32
-# dots and convolutions, which torch does not do by default and which breaks the float32
-# tolerance. Stated per operation so no global setting changes.
-_PRECISION = "highest"
 
 
 # Thread pinning for JAX and torch alike is bench.harness.pin_threads: with jaxlib 0.10.2 the
@@ -100,39 +97,11 @@ def scope(dtype, device):
 
 # ---------------------------------------------------------------- the network
 def _param_names(layer: Layer) -> list[str]:
-    # torch registers weight before bias in Linear, Conv2d and BatchNorm2d
-    return sorted(layer.params, key=lambda k: ("weight", "bias").index(k))
+    return KINDS[layer.kind].param_names(layer)
 
 
 def _apply(layer: Layer, p: dict, b: dict, x):
-    o = layer.options
-    if layer.kind == "linear":
-        y = jnp.matmul(x, p["weight"].T, precision=_PRECISION)
-        return y + p["bias"] if "bias" in p else y
-    if layer.kind == "conv2d":
-        s, pad = o.get("stride", 1), o.get("padding", 0)
-        y = lax.conv_general_dilated(x, p["weight"], (s, s), [(pad, pad), (pad, pad)],
-                                     dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                     precision=_PRECISION)
-        return y + p["bias"][None, :, None, None] if "bias" in p else y
-    if layer.kind == "batchnorm2d":  # eval mode, as torch: (x - mean) / sqrt(var + eps) * w + b
-        def c(a):
-            return a[None, :, None, None]
-        inv = lax.rsqrt(b["running_var"] + o.get("eps", 1e-5))
-        return (x - c(b["running_mean"])) * c(inv * p["weight"]) + c(p["bias"])
-    if layer.kind == "tanh":
-        return jnp.tanh(x)
-    if layer.kind == "relu":
-        return jax.nn.relu(x)
-    if layer.kind == "sqrt":
-        return jnp.sqrt(x)
-    if layer.kind == "flatten":  # torch.nn.Flatten: C, H, W in that order
-        return x.reshape(x.shape[0], -1)
-    if layer.kind == "avgpool2":  # nn.AvgPool2d(2): stride 2, no padding, odd edges dropped
-        n, ch, h, w = x.shape
-        x = x[:, :, :h // 2 * 2, :w // 2 * 2]
-        return x.reshape(n, ch, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
-    raise ValueError(f"layer kind {layer.kind!r} has no JAX builder")
+    return KINDS[layer.kind].jax_apply(layer, p, b, x)
 
 
 def build_function(spec: ModelSpec) -> Callable:
@@ -233,11 +202,11 @@ def eye(k: int, like):
 
 
 def matmul(a, b):
-    return jnp.matmul(a, b, precision=_PRECISION)
+    return jnp.matmul(a, b, precision=JAX_PRECISION)
 
 
 def einsum(eq: str, *operands):
-    return jnp.einsum(eq, *operands, precision=_PRECISION)
+    return jnp.einsum(eq, *operands, precision=JAX_PRECISION)
 
 
 def _jax_applies(rule):

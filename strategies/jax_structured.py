@@ -5,13 +5,17 @@ The same method as `strategies.torch_structured`, whose layer rules and cost mod
 reuses: one forward pass records the input `a` of every parameterised layer; one vjp w.r.t.
 zero "probes" added to those layers' outputs, vmapped over the m unit cotangents at the network
 output, gives every such layer's output cotangents `g` (m, B, ...). No per-sample parameter
-Jacobian of the network is formed. Per layer kind (`RULES`):
+Jacobian of the network is formed. Per layer kind (`RULES`, from each kind's
+`jax_structured_rule` in `strategies.layer_kinds`):
 
-- linear and conv2d: patches P (B, T, K) (conv: `lax.conv_general_dilated_patches`) and
-  cotangents G (m, B, T, C); a dense layer (T = 1) adds (a1 a2^T + 1) * (g1 g2^T), a conv layer
-  takes torch's "gram" or "grads" route by the same flop estimate.
-- batchnorm2d (eval mode): per-sample gradients of its scale and shift, then contracted.
-- tanh, relu, sqrt, avgpool2, flatten have no parameters: the vjp passes cotangents through.
+- "patches" (linear, conv2d): the kind's patches P (B, T, K) (conv:
+  `lax.conv_general_dilated_patches`) and cotangents G (m, B, T, C); a dense layer (T = 1) adds
+  (a1 a2^T + 1) * (g1 g2^T), a conv layer takes torch's "gram" or "grads" route by the same
+  flop estimate.
+- "grads" (batchnorm2d, eval mode): the kind's per-sample gradients of its parameters, then
+  contracted.
+- Kinds without parameters (the activations, avgpool2, flatten): the vjp passes cotangents
+  through.
 - A parameterised kind without a rule falls back to per-sample Jacobians of exactly that layer's
   parameters (vjp of the layer alone at its recorded input, with its cotangents). The fallback
   is reported: a StructuredFallback warning when the computation is traced or run, and
@@ -25,13 +29,16 @@ import numpy as np
 
 from . import torch_structured as rules
 from .applicability import layer_list
-from .jax_model import _apply, _param_names, einsum, eye, jax, jnp, lax, matmul, register_jax
+from .jax_model import _apply, _param_names, einsum, eye, jax, jnp, matmul, register_jax
 from .jax_ntk import _CONTRACT
+from .layer_kinds import KINDS
 from .problem import ModelSpec
 from .torch_structured import _GRAM, StructuredFallback
 
-# Layer kind -> rule. Kinds not listed here and without parameters need none.
-RULES = {"linear": "patches", "conv2d": "patches", "batchnorm2d": "batchnorm"}
+# Layer kind -> rule, read from the kinds once: the tests take rules away here to exercise the
+# fallback. Kinds not listed here and without parameters need none.
+RULES = {name: kind.jax_structured_rule for name, kind in KINDS.items()
+         if kind.jax_structured_rule}
 
 
 def _plan(spec: ModelSpec):
@@ -89,19 +96,6 @@ def _activations(v, probed: list[int], X):
     return inputs, jax.vmap(pullback)(units)[0]
 
 
-def _patches(layer, a, g):
-    """P (B, T, K) and G (m, B, T, C) of a linear or conv2d layer."""
-    if layer.kind == "linear":
-        return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(*g.shape[:2], -1, g.shape[-1])
-    s, pad = layer.options.get("stride", 1), layer.options.get("padding", 0)
-    kh, kw = layer.params["weight"].shape[2:]
-    P = lax.conv_general_dilated_patches(a, (kh, kw), (s, s), [(pad, pad), (pad, pad)],
-                                         dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                         precision=lax.Precision.HIGHEST)  # (B, K, H_out, W_out)
-    return (P.reshape(*P.shape[:2], -1).transpose(0, 2, 1),
-            g.reshape(*g.shape[:3], -1).transpose(0, 1, 3, 2))
-
-
 def _dense(P1, G1, P2, G2, bias: bool, mode: str, unit: bool):
     """(a1 a2^T + 1) * (g1 g2^T) for a layer with one position (T = 1), as matrix products.
     `unit`: the layer's outputs are the network's, so its cotangents are the unit vectors,
@@ -131,11 +125,12 @@ def _patch_grads(P, G, bias: bool):
 
 def _patches_term(layer, a1, g1, a2, g2, mode: str, unit: bool = False):
     bias = "bias" in layer.params
-    P1, G1 = _patches(layer, a1, g1)
-    P2, G2 = _patches(layer, a2, g2)
+    kind = KINDS[layer.kind]
+    P1, G1 = kind.jax_patches(layer, a1, g1)
+    P2, G2 = kind.jax_patches(layer, a2, g2)
     (B1, T, K), B2, (m, C) = P1.shape, P2.shape[0], (G1.shape[0], G1.shape[3])
     if T == 1:
-        return _dense(P1, G1, P2, G2, bias, mode, unit and layer.kind == "linear")
+        return _dense(P1, G1, P2, G2, bias, mode, unit and kind.flat_output)
     # torch_structured's flop estimate, looked up at trace time so one switch picks the route
     # in both frameworks (the tests force each route through it).
     if rules._gram_is_cheaper(B1, B2, T, K, C, m, mode):
@@ -143,17 +138,6 @@ def _patches_term(layer, a1, g1, a2, g2, mode: str, unit: bool = False):
         A = einsum("itk,jsk->ijts", P1, P2) + float(bias)
         return einsum(second, A, einsum(first, G1, G2))
     return einsum(_CONTRACT[mode], _patch_grads(P1, G1, bias), _patch_grads(P2, G2, bias))
-
-
-def _bn_grads(layer, p: dict, b: dict, a, G):
-    """Per-sample gradients (B, m, 2C) of eval-mode batch norm's scale and shift."""
-    def c(t):
-        return t[None, :, None, None]
-    x_hat = (a - c(b["running_mean"])) * c(lax.rsqrt(b["running_var"]
-                                                     + layer.options.get("eps", 1e-5)))
-    parts = {"weight": G * x_hat, "bias": G}  # (m, B, C, H, W)
-    return jnp.concatenate([parts[k].sum((3, 4)).transpose(1, 0, 2) for k in _param_names(layer)
-                            if k in p], axis=2)
 
 
 def _layer_jacobian(layer, p: dict, b: dict, a, G):
@@ -189,7 +173,7 @@ def ntk_structured(v, mode: str):
         if rule == "patches":
             out = out + _patches_term(layer, a1, g1, a2, g2, mode, unit=idx == len(layers) - 1)
             continue
-        per_sample = _bn_grads if rule == "batchnorm" else _layer_jacobian
+        per_sample = KINDS[layer.kind].jax_sample_grads if rule == "grads" else _layer_jacobian
         out = out + einsum(_CONTRACT[mode], per_sample(layer, p, b, a1, g1),
                            per_sample(layer, p, b, a2, g2))
     return out

@@ -12,7 +12,8 @@ exactly the suite's quantity:
   linear (no tanh or sqrt curvature), and is registered for those networks alone.
 
 BackPACK dispatches on exact module classes and has no rule for some layers (batch norm in
-DiagHessian, our Sqrt), so each strategy states the layer kinds it covers. BatchGrad also runs on
+DiagHessian, our Sqrt), so each strategy covers the layer kinds that declare its extension
+supported (`strategies.layer_kinds`: the "backpack.*" features). BatchGrad also runs on
 a user's own PyTorch module (`--model`, jacbench.compare), extended as it is: where a module that
 holds parameters has no BatchGrad rule, BackPACK leaves those parameters out without a word, so
 the strategy checks and the row is not applicable, naming them. If BackPACK cannot be imported,
@@ -26,10 +27,11 @@ import warnings
 import torch
 from torch import nn
 
+from .layer_kinds import covering, lacking
 from .problem import ModelSpec
 from .quantities import contract_ntk
 from .registry import register
-from .torch_model import AvgPool2, torch_view
+from .torch_model import torch_view
 from .user_model import is_user
 
 try:
@@ -39,11 +41,8 @@ try:
 except ImportError as exc:  # listed anyway, as not applicable with the reason
     MISSING = f"backpack-for-pytorch is not installed ({exc}): pip install backpack-for-pytorch"
 
-_RESHAPE = {"flatten", "avgpool2"}
-_PIECEWISE_LINEAR = {"linear", "conv2d", "batchnorm2d", "relu"} | _RESHAPE
 
-
-def _covers(kinds: set[str], why: str, user_modules: bool = False):
+def _covers(feature: str, why: str, user_modules: bool = False):
     def applies(problem) -> str | None:
         if MISSING:
             return MISSING
@@ -52,20 +51,20 @@ def _covers(kinds: set[str], why: str, user_modules: bool = False):
                     "a JAX function: BackPACK extends PyTorch modules")
         if not isinstance(problem.spec, ModelSpec):
             return "needs a layer-list model: BackPACK dispatches on known module classes"
-        missing = {layer.kind for layer in problem.spec.layers} - kinds
+        missing = lacking(problem.spec.layers, feature)
         if missing:
-            return f"{why}: {', '.join(sorted(missing))}"
+            return f"{why}: {', '.join(missing)}"
         return None
-    applies.__doc__ = f"BackPACK is installed and the layers are among {sorted(kinds)}"
+    applies.__doc__ = f"BackPACK is installed and the layers are among {covering(feature)}"
     return applies
 
 
 def _modules(v) -> list[nn.Module]:
-    """The view's layers as the plain torch classes BackPACK dispatches on (it looks modules up
-    by exact class, and our AvgPool2 is a subclass), sharing the view's parameters."""
+    """The view's layers, plain torch.nn classes where BackPACK has rules (it dispatches on
+    exact classes), sharing the view's parameters."""
     if MISSING:
         raise RuntimeError(MISSING)
-    return [nn.AvgPool2d(2) if type(m) is AvgPool2 else m for m in v.model]
+    return list(v.model)
 
 
 # ------------------------------------------------------------------ per-sample gradients
@@ -112,8 +111,8 @@ def _batchgrad_model(v):
     return model, list(model.parameters())
 
 
-_BATCHGRAD = _covers({"linear", "conv2d", "batchnorm2d", "tanh", "relu", "sqrt"} | _RESHAPE,
-                     "no BatchGrad rule for layer kind(s)", user_modules=True)
+_BATCHGRAD = _covers("backpack.batch_grad", "no BatchGrad rule for layer kind(s)",
+                     user_modules=True)
 
 
 @register("param_jacobian", "backpack.batch_grad", applies=_BATCHGRAD)
@@ -184,8 +183,7 @@ def _input_diagonal(problem, device, dtype, extension, savefield):
 
 
 @register("hessian_diag", "backpack.diag_hessian",
-          applies=_covers({"linear", "conv2d", "tanh", "relu"} | _RESHAPE,
-                          "no DiagHessian rule for layer kind(s)"))
+          applies=_covers("backpack.diag_hessian", "no DiagHessian rule for layer kind(s)"))
 def _hd_diag_hessian(problem, device, dtype):
     """BackPACK DiagHessian w.r.t. the input (made the weight of a first layer): backpropagates
     signed square-root factors of the Hessian. Cost: one backward of m + (activation sizes)
@@ -194,7 +192,7 @@ def _hd_diag_hessian(problem, device, dtype):
 
 
 @register("hessian_diag", "backpack.diag_ggn",
-          applies=_covers(_PIECEWISE_LINEAR,
+          applies=_covers("backpack.diag_ggn",
                           "DiagGGN is the Hessian diagonal only for piecewise-linear networks; "
                           "curvature from layer kind(s)"))
 def _hd_diag_ggn(problem, device, dtype):

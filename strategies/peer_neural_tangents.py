@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .layer_kinds import covering, lacking
 from .problem import ModelSpec
 from .quantities import quantity
 from .registry import register
@@ -37,7 +38,6 @@ PYTHON = Path(os.environ.get("JACBENCH_NT_PYTHON")
 MISSING: str | None = (None if PYTHON.exists() else
                        f"neural-tangents is not installed (no Python at {PYTHON}): `make peers` "
                        "creates .venv-nt with neural-tangents==0.6.5 jax==0.4.23 jaxlib==0.4.23")
-KINDS = {"linear", "tanh", "relu"}  # what the worker can rebuild
 
 
 def applies(problem) -> str | None:
@@ -47,17 +47,19 @@ def applies(problem) -> str | None:
     spec = problem.spec
     if not isinstance(spec, ModelSpec) or len(spec.in_shape) != 1:
         return "the neural-tangents worker rebuilds built-in MLPs on flat inputs only"
-    other = {layer.kind for layer in spec.layers} - KINDS
+    other = lacking(spec.layers, "neural_tangents")
     if other:
-        return (f"the neural-tangents worker rebuilds MLPs of {', '.join(sorted(KINDS))} only, "
-                f"not {', '.join(sorted(other))}")
+        known = ", ".join(covering("neural_tangents"))
+        return (f"the neural-tangents worker rebuilds MLPs of {known} only, "
+                f"not {', '.join(other)}")
     return None
 
 
 def _problem_file(problem, dtype: str, path: Path) -> None:
+    # The worker numbers the layers with parameters (of its kinds, only linear ones have any).
     arrays, i = {}, 0
     for layer in problem.spec.layers:
-        if layer.kind == "linear":
+        if layer.params:
             arrays.update({f"{k}_{i}": np.asarray(a, dtype) for k, a in layer.params.items()})
             i += 1
     np.savez(path, layers=" ".join(layer.kind for layer in problem.spec.layers),

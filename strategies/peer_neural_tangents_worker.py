@@ -21,6 +21,11 @@ import os
 import sys
 import time
 
+# The layer kinds this worker rebuilds. It cannot import jacbench (its own environment), so this
+# is the one per-kind table outside strategies.layer_kinds: the kinds there that support
+# "neural_tangents" are exactly these (tests/test_layer_kinds.py checks it).
+KINDS = ("linear", "tanh", "relu")
+
 
 def _flags_for_one_thread() -> None:
     # XLA reads its flags when the backend starts; a parent pinned to one CPU gets one thread.
@@ -63,9 +68,9 @@ def _build(problem_path: str):
     import neural_tangents as nt
 
     kinds = str(data["layers"]).split()
-    unknown = sorted(set(kinds) - {"linear", "tanh", "relu"})
+    unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise ValueError(f"layer kinds {unknown}: the worker builds linear/tanh/relu MLPs only")
+        raise ValueError(f"layer kinds {unknown}: the worker builds {'/'.join(KINDS)} MLPs only")
     n_linear = kinds.count("linear")
     params = [(jnp.asarray(data[f"weight_{i}"].T, dtype),
                jnp.asarray(data[f"bias_{i}"], dtype) if f"bias_{i}" in data else None)

@@ -10,9 +10,12 @@ from typing import Any
 
 import numpy as np
 
-# Layer kinds the builders understand. Parameterised ones carry numpy arrays in `params`
-# (ordered as torch's named_parameters) and, for batch norm, eval-mode statistics in `buffers`.
-LAYER_KINDS = ("linear", "conv2d", "batchnorm2d", "tanh", "relu", "sqrt", "flatten", "avgpool2")
+from .layer_kinds import KINDS
+
+# Layer kinds the builders understand, each owned by its class in `strategies.layer_kinds`.
+# Parameterised ones carry numpy arrays in `params` (ordered as torch's named_parameters) and,
+# for batch norm, eval-mode statistics in `buffers`.
+LAYER_KINDS = tuple(KINDS)
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,8 @@ class Layer:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.kind not in LAYER_KINDS:
-            raise ValueError(f"unknown layer kind {self.kind!r}; known: {', '.join(LAYER_KINDS)}")
+        if self.kind not in KINDS:  # the registry itself: a kind registered later counts
+            raise ValueError(f"unknown layer kind {self.kind!r}; known: {', '.join(KINDS)}")
 
 
 @dataclass(frozen=True)

@@ -13,39 +13,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .problem import Layer, ModelSpec, Problem
+from .layer_kinds import KINDS
+from .problem import ModelSpec, Problem
 from .user_model import UserModel, torch_module
-
-
-class Sqrt(nn.Module):
-    def forward(self, x):
-        return torch.sqrt(x)
-
-
-class AvgPool2(nn.AvgPool2d):
-    def __init__(self):
-        super().__init__(2)
-
-
-def _module(layer: Layer) -> nn.Module:
-    p, o = layer.params, layer.options
-    if layer.kind == "linear":
-        w = p["weight"]
-        return nn.Linear(w.shape[1], w.shape[0], bias="bias" in p)
-    if layer.kind == "conv2d":
-        w = p["weight"]
-        return nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], stride=o.get("stride", 1),
-                         padding=o.get("padding", 0), bias="bias" in p)
-    if layer.kind == "batchnorm2d":
-        return nn.BatchNorm2d(p["weight"].shape[0], eps=o.get("eps", 1e-5))
-    return {"tanh": nn.Tanh, "relu": nn.ReLU, "sqrt": Sqrt, "flatten": nn.Flatten,
-            "avgpool2": AvgPool2}[layer.kind]()
 
 
 def build_module(spec: ModelSpec, device="cpu", dtype=torch.float32) -> nn.Module:
     """An eval-mode `nn.Sequential` holding exactly the spec's numpy weights."""
     # Cast before copying: copying float64 numpy weights into float32 modules would round them.
-    model = nn.Sequential(*[_module(layer) for layer in spec.layers]).to(dtype=dtype)
+    modules = [KINDS[layer.kind].torch_module(layer) for layer in spec.layers]
+    model = nn.Sequential(*modules).to(dtype=dtype)
     with torch.no_grad():
         for module, layer in zip(model, spec.layers):
             for name, value in {**layer.params, **layer.buffers}.items():
