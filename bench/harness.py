@@ -209,6 +209,14 @@ def _warning_note(caught, said: str = "") -> str:
 
 
 # ------------------------------------------------------------------------------ one case
+# A case whose first call took this long is timed with the machine to itself (the other slot's
+# child stopped: bench.isolation.exclusive's `quiet`): a strategy too slow for the paired rounds
+# keeps this timing as its row's, and its one or two calls would meet the other core's compile
+# or reference work for their whole length. The fast cases' isolated timing is superseded by
+# the paired rounds, so the other slot goes on beside it (stopping it cost about a minute a sweep).
+QUIET_ABOVE_S = 0.25
+
+
 def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
              ref: np.ndarray | None, threads: int, timing: Timing = Timing(), send=None,
              exclusive=None, save_to=None, tol: float | None = None) -> dict:
@@ -216,8 +224,9 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
 
     `send(partial_row)`, when given, receives what is known before the steady-state timing
     starts, so a case killed while timing still reports its first call, memory and error.
-    `exclusive()`, when given, is a context manager held while timing (bench.isolation's lock,
-    so that cases running side by side are never timed at the same time).
+    `exclusive(quiet)`, when given, is a context manager held while timing (bench.isolation's
+    lock, so that cases running side by side are never timed at the same time); `quiet` is
+    True for a case whose first call took QUIET_ABOVE_S or more.
     Exceptions from the strategy become status 'error' (or 'oom') with a one-line message;
     a model out of reach of the strategy's transform (see `transform_limit`) 'not_applicable'.
     `ref` None (no float64 reference: a consensus is formed later): the result is saved to
@@ -271,7 +280,8 @@ def run_case(strategy: Strategy, problem: Problem, device: str, dtype: str,
     if send is not None:
         send(dict(row))
     try:
-        with exclusive() if exclusive else contextlib.nullcontext():
+        quiet = row["first_call_s"] >= QUIET_ABOVE_S
+        with exclusive(quiet=quiet) if exclusive else contextlib.nullcontext():
             mem.restart_peak()  # the steady state: the timed calls' peak, compile left out
             row["median_s"], row["iqr_s"], row["runs"] = measure(fn, threads, timing)
             row["peak_mem_bytes"] = mem.peak()

@@ -183,7 +183,7 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             send({"reference": "ok"})
             return {"forward_s": harness.forward_time(
                 p, case.device, case.dtype, threads, profile.timing,
-                exclusive=lambda: exclusive(lock, send, quiet=True))}
+                exclusive=lambda: exclusive(lock, send))}
 
         note(f"reference ({info.reference}) and forward pass: {p.quantity} {p.id} "
              f"{case.device} {case.dtype}")
@@ -223,7 +223,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
             ref = np.load(info.ref_path) if save_to is None else None
             out = harness.run_case(case.strategy, case.problem, case.device, case.dtype, ref,
                                    threads, profile.timing, send,
-                                   exclusive=lambda: exclusive(lock, send, quiet=True), save_to=save_to,
+                                   exclusive=lambda quiet=False: exclusive(lock, send, quiet),
+                                   save_to=save_to,
                                    tol=info.tolerance(case.dtype))
             if case.device == "cuda":
                 import torch

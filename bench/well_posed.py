@@ -16,20 +16,25 @@ from typing import Callable
 import numpy as np
 import torch
 
+from jacbench.strategies.layer_kinds import KINDS
 from jacbench.strategies.problem import ModelSpec
 from jacbench.strategies.quantities import quantity as quantity_named
 from jacbench.strategies.torch_model import build_module
 
-NON_SMOOTH = ("relu",)
 MARGIN = 2.0
 ATTEMPTS = 50
+
+
+def _kinked(spec: ModelSpec) -> list[int]:
+    """Indices of the layers with a kink at zero (layer_kinds: `kinked_at_zero`)."""
+    return [i for i, layer in enumerate(spec.layers) if KINDS[layer.kind].kinked_at_zero]
 
 
 def _kink_inputs(spec: ModelSpec, X: np.ndarray, dtype) -> list[torch.Tensor]:
     model = build_module(spec, "cpu", dtype)
     seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, inp, out: seen.append(inp[0].double()))
-             for m in model if isinstance(m, torch.nn.ReLU)]
+    hooks = [model[i].register_forward_hook(lambda m, inp, out: seen.append(inp[0].double()))
+             for i in _kinked(spec)]
     try:
         with torch.no_grad():
             model(torch.as_tensor(X, dtype=dtype))
@@ -57,7 +62,7 @@ def off_kinks(spec: ModelSpec, quantity: str, data: dict[str, np.ndarray],
     left alone) that sits on a kink redrawn by `draw(shape)`: single samples of a batch
     (eval-mode models: samples do not interact), or the whole input of a one-input view.
     Raises ValueError when ATTEMPTS redraws do not get off the kinks."""
-    if not any(layer.kind in NON_SMOOTH for layer in spec.layers):
+    if not _kinked(spec):
         return data
     out = dict(data)
     for key, view in quantity_named(quantity).views.items():

@@ -302,3 +302,33 @@ def test_a_quiet_timing_stops_the_other_children_and_their_clocks(tmp_path):
     ticks = np.array(outs[1].result)
     assert ((ticks > start + 0.05) & (ticks < end - 0.05)).sum() == 0
     assert ticks[-1] > end  # it continued afterwards
+
+
+def test_only_a_case_with_a_slow_first_call_asks_for_the_machine_to_itself():
+    import contextlib
+
+    asked = []
+
+    @contextlib.contextmanager
+    def lock(quiet=False):
+        asked.append(quiet)
+        yield
+
+    p = _problem()
+    ref = reference_for(p)
+    jacrev = strategies.get("jacobian", "torch.jacrev")
+
+    def slow_first(problem, device, dtype):
+        fn, calls = jacrev.prepare(problem, device, dtype), [0]
+
+        def run():
+            calls[0] += 1
+            if calls[0] == 1:
+                time.sleep(harness.QUIET_ABOVE_S)
+            return fn()
+        return run
+    for strategy in (jacrev, _planted(slow_first)):
+        row = run_case(strategy, p, "cpu", "float32", ref, threads=1, timing=FAST,
+                       exclusive=lock)
+        assert row["status"] == "ok", row
+    assert asked == [False, True]

@@ -37,6 +37,7 @@ class Relu(Elementwise):
 
     name = "relu"
     unsupported = frozenset()
+    kinked_at_zero = True
 
     def torch_module(self, layer):
         from torch import nn

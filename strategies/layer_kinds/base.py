@@ -43,6 +43,9 @@ class LayerKind:
     # The hessian_backprop pass folds curvature through diagonal maps; a mixing one (not
     # diagonal) turns it into factor rows unless it is the input-most mixing layer.
     mixing = False
+    # Not differentiable where its input is zero (ReLU's kink): bench.well_posed redraws the
+    # inputs that land within rounding of one, where float32 and float64 take different sides.
+    kinked_at_zero = False
     # forward_tangent keeps the primal only while a later layer's tangent rule reads it.
     tangent_reads_primal = True
     # jax_structured's rule for the parameters: "patches" (jax_patches), "grads"
