@@ -201,3 +201,15 @@ def test_a_slow_callable_does_not_cut_the_fast_ones_rounds():
     out = run_rounds(fns, r, clock=host.clock, estimates={n: b / 2 for n, b in blocks.items()})
     assert min(len(out[n]["times"]) for n in ("f1", "f2", "f3")) >= 20
     assert len(out["slow"]["times"]) >= 5 and host.now < 3.0 + 0.5
+
+
+def test_a_medium_callable_gets_the_samples_a_quarter_second_buys():
+    # A 30 ms block: five samples were too few for its ratio to repeat; 0.25 s buys eight.
+    r = Rounds(budget_s=1.0, block_s=0.002, min_rounds=20, min_samples=5, samples_s=0.25)
+    blocks = {"fast": 0.004, "mid": 0.03, "slow": 0.4}
+    got = periods(blocks, r)
+    assert got["fast"] == 1 and got["slow"] == 4 and got["mid"] == 2
+    host = VirtualHost()
+    out = run_rounds({n: host.callable(b) for n, b in blocks.items()}, r, clock=host.clock,
+                     estimates=blocks)
+    assert len(out["mid"]["times"]) >= 8 and len(out["slow"]["times"]) >= 5
