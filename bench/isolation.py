@@ -319,7 +319,7 @@ class InProcess:
         return self.out
 
     def hold(self, stopped: bool) -> None:
-        pass
+        """Nothing runs beside an in-process case (one job at a time): nothing to stop."""
 
     def kill(self) -> None:
         pass

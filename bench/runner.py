@@ -421,7 +421,6 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
                 if capped and row.get("status") in ("ok", "disagrees"):
                     row["message"] = "; ".join(t for t in (row.get("message"), capped) if t)
                 record(case, row)
-            keep_quiet(running)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

@@ -12,10 +12,9 @@ import numpy as np
 
 from .layer_kinds import KINDS
 
-# Layer kinds the builders understand, each owned by its class in `strategies.layer_kinds`.
+# Layer kinds the builders understand: `strategies.layer_kinds.KINDS`, one class per kind.
 # Parameterised ones carry numpy arrays in `params` (ordered as torch's named_parameters) and,
 # for batch norm, eval-mode statistics in `buffers`.
-LAYER_KINDS = tuple(KINDS)
 
 
 @dataclass(frozen=True)
