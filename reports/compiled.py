@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from jacbench.bench import store
-from jacbench.strategies.torch_compiled import EAGER
+from jacbench.strategies.torch_compiled import eager_of_twins
 
 _BREAKS = re.compile(r"(\d+) graph break\(s\)")
 _CACHE = re.compile(r"inductor cache ([^;]+)")
@@ -35,9 +35,9 @@ def compiled_vs_eager(df: pd.DataFrame) -> pd.DataFrame:
     twins = df[store.has_tag(df, "compiled")]
     key = ["quantity", "problem", "device", "dtype"]
     eager = df.set_index(key + ["strategy"])
-    rows = []
+    rows, eager_of = [], eager_of_twins()
     for r in twins.itertuples():
-        name = EAGER.get((r.quantity, r.strategy))  # None: a twin this checkout lacks
+        name = eager_of.get((r.quantity, r.strategy))  # None: a twin this checkout lacks
         try:
             e = eager.loc[(r.quantity, r.problem, r.device, r.dtype, name)]
         except KeyError:

@@ -12,7 +12,7 @@ tensors are constants of the graph: static shapes, as a training loop would see 
 """
 from __future__ import annotations
 
-from .registry import get, register
+from .registry import get, register, strategies
 
 BACKEND = "inductor"
 MODE = "default"
@@ -64,8 +64,12 @@ def compile_note(before: dict, after: dict, mode: str, dynamic: bool) -> str:
             f"shapes; {count} graph break(s){reason}; inductor cache {cache}")
 
 
-# (quantity, twin) -> the eager strategy it compiles: reports pair them by this, not by name.
-EAGER: dict[tuple[str, str], str] = {}
+def eager_of_twins() -> dict[tuple[str, str], str]:
+    """(quantity, twin) -> the eager strategy it compiles, for the twins registered now:
+    reports pair them by this, not by name. Read from the registry (each twin's prepare says
+    its eager strategy), so a twin removed from it (a test's planted one) is gone here too."""
+    return {(s.quantity, s.name): s.prepare.eager for s in strategies(compiled=True)
+            if hasattr(s.prepare, "eager")}
 
 
 def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DYNAMIC) -> str:
@@ -95,8 +99,8 @@ def compiled_twin(quantity: str, name: str, mode: str = MODE, dynamic: bool = DY
     prepare.__doc__ = (f"torch.compile ({BACKEND}, mode {mode}) of {name}, the same idea. Cost: "
                        f"{name}'s work without per-op Python dispatch, after a first call that "
                        f"compiles (seconds to minutes).")
+    prepare.eager = name
     twin = name + SUFFIX
-    EAGER[(quantity, twin)] = name
     # The twin computes the same way, so it keeps what that says (dense, matrix-free); it is
     # no naive baseline, and the derived tags are derived again.
     kept = eager.tags - {"baseline", "approximate", "peer"}

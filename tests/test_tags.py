@@ -47,9 +47,9 @@ def test_derived_and_declared_tags():
     jax = strategies.strategies(framework="jax")
     # register_jax makes an eager and a jitted strategy of each compute; only the second is jit
     assert sum("jit" in s.tags for s in jax) * 2 == len(jax)
-    from jacbench.strategies.torch_compiled import EAGER
+    from jacbench.strategies.torch_compiled import eager_of_twins
 
-    for (q, twin), eager in EAGER.items():
+    for (q, twin), eager in eager_of_twins().items():
         t, e = strategies.get(q, twin).tags, strategies.get(q, eager).tags
         assert "compiled" in t and t - {"compiled"} == e - {"baseline"}, twin
 
@@ -123,9 +123,10 @@ def test_renaming_strategies_changes_no_claim_verdict_or_baseline_speedup():
 def test_renaming_a_compiled_twin_leaves_autos_hit_rate_alone():
     # auto's "torch" rivals leave out compiled twins (it never picks one) by their tag: a twin
     # renamed so that its name no longer says "compiled" stays out.
-    from jacbench.strategies.torch_compiled import EAGER
+    from jacbench.strategies.torch_compiled import eager_of_twins
 
-    (q, twin), eager = next(iter(EAGER.items()))
+    q, twin = "jacobian", "torch.jacrev_compiled"
+    eager = eager_of_twins()[(q, twin)]
     base = {"quantity": q, "problem": "p", "device": "cpu", "dtype": "float32", "exact": True,
             "framework": "torch", "status": "ok", "mode": None}
     rows = pd.DataFrame([
@@ -142,9 +143,10 @@ def test_renaming_a_compiled_twin_leaves_autos_hit_rate_alone():
 
 def test_auto_leaves_out_a_renamed_compiled_strategy():
     from jacbench.bench.problems import FAMILIES, make
-    from jacbench.strategies.torch_compiled import EAGER
+    from jacbench.strategies.torch_compiled import eager_of_twins
 
-    (q, twin), _ = next(iter(EAGER.items()))
+    q, twin = "jacobian", "torch.jacrev_compiled"
+    assert (q, twin) in eager_of_twins()
     copy = dataclasses.replace(strategies.get(q, twin), name="torch.zz_renamed")
     registry.add(copy)
     try:
