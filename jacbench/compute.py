@@ -57,7 +57,8 @@ class Prepared:
     """A strategy prepared on your model and inputs: call it (no arguments) to compute the
     quantity again. It holds a copy of the model as it was when prepared, and the inputs;
     prepare again for new weights or inputs. `strategy` is the strategy prepared; `picked`
-    what `auto` chose (torch.auto's pick, with its reason in `notes`)."""
+    what `auto` chose (torch.auto's pick, with its reason in `notes`): the cost model's before
+    the first call, and after it the fastest that call's trial timed."""
 
     quantity: str
     strategy: str
@@ -73,6 +74,8 @@ class Prepared:
     def __call__(self):
         with threads_set(self.threads):
             out = self._fn()
+        self.picked = getattr(self._fn, "picked", self.picked)
+        self.notes = tuple(getattr(self._fn, "notes", self.notes))
         if self._framework == "torch":
             import torch
 

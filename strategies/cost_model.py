@@ -268,10 +268,10 @@ def explain(choices: list[Choice], k: str) -> str:
     if top.predicted_s is None:
         return (f"picked {top.name} by the rule order (no cost model for {k}: most wins in "
                 f"calibrated cases, then name) among {len(choices)} candidates")
-    text = f"picked {top.name}: cost model predicts {_fmt(top.predicted_s)}"
+    text = f"picked {top.name}: cost model predicts {seconds_text(top.predicted_s)}"
     runner = next((c for c in choices[1:] if c.predicted_s is not None), None)
     if runner is not None:
-        text += f"; next {runner.name} {_fmt(runner.predicted_s)}"
+        text += f"; next {runner.name} {seconds_text(runner.predicted_s)}"
     unmodelled = sum(c.predicted_s is None for c in choices)
     text += f"; {len(choices)} candidates"
     if unmodelled:
@@ -281,7 +281,7 @@ def explain(choices: list[Choice], k: str) -> str:
     return text
 
 
-def _fmt(s: float) -> str:
+def seconds_text(s: float) -> str:
     for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if s >= f:
             return f"{s / f:.3g} {unit}"

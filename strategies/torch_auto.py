@@ -3,15 +3,17 @@
 
 Candidates are the registered exact torch strategies that apply to the problem, never an
 approximate one, never a compiled twin (tag "compiled") and never auto itself. The pick is
-prepared and returned as is, so its time is the pick's time. A candidate whose prepare or
-first call raises (a user's model without the forward-mode rule torch.ntk_vps needs, say) is
-passed over for the next one, and the note says so. The prepared callable's `notes` say what
-was picked and why; the harness writes them into the result row's message ("picked
-torch.single_jvp: cost model predicts ...").
+prepared and returned as is, so its steady-state time is the pick's time. A candidate whose
+prepare or first call raises (a user's model without the forward-mode rule torch.ntk_vps
+needs, say) is passed over for the next one, and the note says so. The first call then times
+the cost model's leading candidates on the problem itself (strategies.auto_trial) and keeps
+the fastest: the cost model ranks a user's model by shapes it never saw. The prepared
+callable's `picked` and `notes` say what was picked and why; the harness writes them into the
+result row's message ("picked torch.single_jvp by timing here within ...").
 """
 from __future__ import annotations
 
-from . import cost_model
+from . import auto_trial, cost_model
 from .problem import Problem
 from .quantities import QUANTITIES
 from .registry import Strategy, get, register, strategies
@@ -31,12 +33,13 @@ def _applies(problem: Problem) -> str | None:
     return None if candidates(problem) else "no exact PyTorch strategy applies to this problem"
 
 
-def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = None):
-    """Picks the exact torch strategy a cost model fitted to this suite's measurements
-    predicts fastest for the shapes (n, m, batch, parameters, forward work, NTK mode), and runs
-    it; a pick that fails to prepare or on its first call (an op of the model without the
-    forward-mode or vmap rule it needs) gives way to the next. Cost: the pick's, plus
-    microseconds of ranking."""
+def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = None,
+                 trial: bool = True):
+    """Ranks the exact torch strategies by a cost model fitted to this suite's measurements
+    (shapes: n, m, batch, parameters, forward work, NTK mode); the first call times the leading
+    ones here and keeps the fastest (`trial`), and a candidate that fails to prepare or run (an
+    op of the model without the forward-mode or vmap rule it needs) gives way to the next.
+    Cost: the pick's per call; the first call also spends a few of its calls on the trial."""
     cands = candidates(problem)
     if not cands:
         raise ValueError(_applies(problem))
@@ -59,6 +62,16 @@ def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = Non
             text += "; passed over: " + ", ".join(passed)
         return [text, *getattr(fn, "notes", ())]
 
+    def contenders(i: int) -> list[str]:
+        # Not a candidate that failed at a smaller problem: growing it does not make it fit.
+        tried = {p.split(" ", 1)[0] for p in passed}
+        rest = [c.name for c in choices[i + 1:] if c.fails is None and c.name not in tried]
+        return rest[:auto_trial.CONTENDERS - 1]
+
+    def by_name(name: str):
+        pick = get(problem.quantity, name)
+        return pick.prepare(problem, device, dtype, **pick.options)
+
     i, fn = prepare_from(0)
     first = [True]
 
@@ -77,10 +90,36 @@ def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = Non
                 i, fn = prepare_from(i + 1)
         first[0] = False
         run.picked, run.notes = choices[i].name, note(i, fn)
+        others = contenders(i) if trial else []
+        if others:
+            found, name, fn, out = auto_trial.run_trial(choices[i].name, fn, others, by_name,
+                                                        _forcer(device), _clock(device))
+            run.picked = name
+            run.notes = [f"picked {name} by timing the leading candidates: {found.describe()}; "
+                         f"the cost model's order: " + note(i, fn)[0].removeprefix("picked "),
+                         *getattr(fn, "notes", ())]
         return out
 
     run.picked, run.notes = choices[i].name, note(i, fn)
     return run
+
+
+def _forcer(device):
+    """Waits for a result, so that the trial times the work and not its launch."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return lambda out: (torch.cuda.synchronize(), out)[1]
+    return lambda out: out
+
+
+def _clock(device) -> auto_trial.Clock:
+    """CPU time for one thread on the CPU (auto_trial.CPU says why); wall time otherwise: on
+    several threads CPU time would add theirs up, and on a GPU it would miss the kernels."""
+    import torch
+
+    one_thread = str(device).startswith("cpu") and torch.get_num_threads() == 1
+    return auto_trial.CPU if one_thread else auto_trial.WALL
 
 
 def _short(exc: BaseException) -> str:

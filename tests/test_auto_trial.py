@@ -1,0 +1,164 @@
+"""torch.auto's trial (strategies.auto_trial): the first call times the cost model's leading
+candidates on the problem and keeps the fastest, within a budget that stops a contender that
+runs too long; a contender that fails is passed over; `trial=False` keeps the model's pick."""
+from __future__ import annotations
+
+import math
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from jacbench import strategies
+from jacbench.bench.problems import problems
+from conftest import reference_for
+from jacbench.strategies import auto_trial, cost_model
+from jacbench.strategies.cost_model import FEATURES
+from jacbench.strategies.torch_auto import candidates, prepare_auto
+
+BASE = "torch.jacrev"
+
+
+def _problem():
+    return problems("jacobian", "test", "mlp_width")[0]
+
+
+def _calibration(first: list[str]) -> dict:
+    """Models that rank `first` in that order ahead of every other candidate."""
+    names = [s.name for s in candidates(_problem())]
+    times = {n: 1.0 for n in names}
+    times.update({n: 1e-9 * 10 ** k for k, n in enumerate(first)})
+    return {"models": {"jacobian": {s: {"const": math.log(t),
+                                        "exponents": dict.fromkeys(FEATURES, 0.0),
+                                        "rows": 3, "failed": []} for s, t in times.items()}}}
+
+
+def _planted(name: str, before=None, fail: bool = False):
+    """Registers `name`: torch.jacrev's result, with `before()` run ahead of each call."""
+    base = strategies.get("jacobian", BASE)
+
+    def prepare(problem, device, dtype):
+        fn = base.prepare(problem, device, dtype, **base.options)
+
+        def run():
+            if fail:
+                raise RuntimeError("planted failure")
+            if before:
+                before()
+            return fn()
+        return run
+
+    strategies.registry.add(strategies.Strategy("jacobian", name, "torch", True, prepare,
+                                                lambda p: None))
+
+
+def _spin(seconds: float):
+    """Busy for `seconds`: a contender's work, which both trial clocks count."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+@pytest.fixture
+def planted():
+    names = []
+
+    def plant(name, **kw):
+        _planted(name, **kw)
+        names.append(name)
+    yield plant
+    for n in names:
+        strategies.registry.remove("jacobian", n)
+
+
+def test_the_trial_keeps_the_faster_contender_and_says_what_it_timed(planted, monkeypatch):
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 2)  # these two only, not the real ones after
+    planted("torch.zz_slow", before=lambda: time.sleep(0.01))
+    planted("torch.zz_fast")
+    p = _problem()
+    run = prepare_auto(p, "cpu", "float64", calibration=_calibration(["torch.zz_slow",
+                                                                      "torch.zz_fast"]))
+    assert run.picked == "torch.zz_slow"  # the cost model's pick, before the first call
+    out = run()
+    assert run.picked == "torch.zz_fast", run.notes
+    note = run.notes[0]
+    assert note.startswith("picked torch.zz_fast by timing"), note
+    assert "torch.zz_slow 1" in note and "the cost model's order: torch.zz_slow" in note
+    assert np.allclose(out.numpy(), reference_for(p))
+    assert np.array_equal(run().numpy(), out.numpy())  # later calls: the winner, same result
+
+
+def test_without_a_trial_the_cost_models_pick_stays(planted):
+    planted("torch.zz_slow", before=lambda: time.sleep(0.01))
+    planted("torch.zz_fast")
+    run = prepare_auto(_problem(), "cpu", "float64", trial=False,
+                       calibration=_calibration(["torch.zz_slow", "torch.zz_fast"]))
+    run()
+    assert run.picked == "torch.zz_slow" and "by timing" not in run.notes[0]
+
+
+def test_a_contender_that_runs_past_the_budget_is_stopped(planted, monkeypatch):
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 2)
+    planted("torch.zz_hang", before=lambda: _spin(30))
+    t0 = time.perf_counter()
+    run = prepare_auto(_problem(), "cpu", "float64",
+                       calibration=_calibration([BASE, "torch.zz_hang"]))
+    run()
+    took = time.perf_counter() - t0
+    assert took < 5, took  # the budget is at most CAP_S, not the planted 30 s
+    assert run.picked == BASE
+    assert "torch.zz_hang (stopped: " in run.notes[0]
+
+
+def test_a_contender_that_fails_is_passed_over(planted, monkeypatch):
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 2)
+    planted("torch.zz_broken", fail=True)
+    run = prepare_auto(_problem(), "cpu", "float64",
+                       calibration=_calibration([BASE, "torch.zz_broken"]))
+    out = run()
+    assert "torch.zz_broken (failed: RuntimeError)" in run.notes[0]
+    assert run.picked == BASE
+    assert np.allclose(out.numpy(), reference_for(_problem()))
+
+
+@pytest.mark.parametrize("clock", [auto_trial.WALL, auto_trial.CPU], ids=lambda c: c.what)
+def test_each_clock_stops_a_busy_contender(clock):
+    t0 = time.perf_counter()
+    with pytest.raises(auto_trial.OutOfTime):
+        with auto_trial.deadline(0.1, clock):
+            _spin(10)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_cpu_time_does_not_count_a_stretch_the_process_waits():
+    # As when the bench stops this process while the other slot times alone: wall time
+    # would charge the wait to the contender.
+    slept, _ = auto_trial.time_calls(lambda: time.sleep(0.05), lambda o: o, auto_trial.CPU)
+    walled, _ = auto_trial.time_calls(lambda: time.sleep(0.05), lambda o: o, auto_trial.WALL)
+    assert slept < 0.01 < 0.04 < walled
+
+
+def test_the_budget_is_a_few_of_the_picks_calls_within_bounds():
+    assert auto_trial.budget(1e-6) == auto_trial.FLOOR_S
+    assert auto_trial.budget(0.1) == pytest.approx(auto_trial.BUDGET_CALLS * 0.1)
+    assert auto_trial.budget(100.0) == auto_trial.CAP_S
+
+
+def test_the_deadline_rings_and_gives_back_a_timer_it_found():
+    rang = []
+    before = signal.signal(signal.SIGALRM, lambda *a: rang.append(1))
+    saved = signal.getitimer(signal.ITIMER_REAL)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.6)  # someone else's timer, as pytest-timeout's
+        with pytest.raises(auto_trial.OutOfTime):
+            with auto_trial.deadline(0.05):
+                time.sleep(1)
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0.3 < left < 0.6, left  # set again for what was left of it
+        time.sleep(0.8)
+        assert rang == [1]  # and theirs still rings, with their handler
+    finally:
+        signal.signal(signal.SIGALRM, before)
+        signal.setitimer(signal.ITIMER_REAL, *saved)
+    assert cost_model.seconds_text(0.0123) == "12.3 ms"
