@@ -66,6 +66,11 @@ def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = Non
         # Not a candidate that failed at a smaller problem: growing it does not make it fit.
         tried = {p.split(" ", 1)[0] for p in passed}
         rest = [c.name for c in choices[i + 1:] if c.fails is None and c.name not in tried]
+        # The baseline (the plain autograd loop) second: its steps are single backward passes,
+        # so a deadline stops it on time, and it bounds how bad the pick can be. A forward-mode
+        # contender ranked ahead of it on a model with many inputs can run one op for half a
+        # second, past any deadline, and spend the budget before the baseline is reached.
+        rest.sort(key=lambda n: "baseline" not in get(problem.quantity, n).tags)
         return rest[:auto_trial.CONTENDERS - 1]
 
     def by_name(name: str):

@@ -4,6 +4,7 @@ runs too long; a contender that fails is passed over; `trial=False` keeps the mo
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
 
@@ -18,6 +19,8 @@ from jacbench.strategies.cost_model import FEATURES
 from jacbench.strategies.torch_auto import candidates, prepare_auto
 
 BASE = "torch.jacrev"
+BASELINE = next(s.name for s in strategies.strategies("jacobian", framework="torch")
+                if "baseline" in s.tags)
 
 
 def _problem():
@@ -73,24 +76,28 @@ def planted():
 
 
 def test_the_trial_keeps_the_faster_contender_and_says_what_it_timed(planted, monkeypatch):
-    monkeypatch.setattr(auto_trial, "CONTENDERS", 2)  # these two only, not the real ones after
-    planted("torch.zz_slow", before=lambda: time.sleep(0.01))
+    # These two and the baseline (always second) only, not the real ones after.
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
+    planted("torch.zz_slow", before=lambda: _spin(0.01))
     planted("torch.zz_fast")
     p = _problem()
     run = prepare_auto(p, "cpu", "float64", calibration=_calibration(["torch.zz_slow",
                                                                       "torch.zz_fast"]))
     assert run.picked == "torch.zz_slow"  # the cost model's pick, before the first call
     out = run()
-    assert run.picked == "torch.zz_fast", run.notes
     note = run.notes[0]
-    assert note.startswith("picked torch.zz_fast by timing"), note
-    assert "torch.zz_slow 1" in note and "the cost model's order: torch.zz_slow" in note
+    times = dict(re.findall(r"(torch\.\w+) ([\d.]+ [mun]?s)(?=[,;])", note))
+    assert set(times) == {"torch.zz_slow", "torch.zz_fast", BASELINE}, note
+    assert times["torch.zz_slow"].startswith("1") and times["torch.zz_slow"].endswith(" ms")
+    assert run.picked in {"torch.zz_fast", BASELINE}, note  # never the slow one
+    assert note.startswith(f"picked {run.picked} by timing"), note
+    assert "the cost model's order: torch.zz_slow" in note
     assert np.allclose(out.numpy(), reference_for(p))
     assert np.array_equal(run().numpy(), out.numpy())  # later calls: the winner, same result
 
 
 def test_without_a_trial_the_cost_models_pick_stays(planted):
-    planted("torch.zz_slow", before=lambda: time.sleep(0.01))
+    planted("torch.zz_slow", before=lambda: _spin(0.01))
     planted("torch.zz_fast")
     run = prepare_auto(_problem(), "cpu", "float64", trial=False,
                        calibration=_calibration(["torch.zz_slow", "torch.zz_fast"]))
@@ -99,7 +106,7 @@ def test_without_a_trial_the_cost_models_pick_stays(planted):
 
 
 def test_a_contender_that_runs_past_the_budget_is_stopped(planted, monkeypatch):
-    monkeypatch.setattr(auto_trial, "CONTENDERS", 2)
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
     planted("torch.zz_hang", before=lambda: _spin(30))
     t0 = time.perf_counter()
     run = prepare_auto(_problem(), "cpu", "float64",
@@ -107,18 +114,18 @@ def test_a_contender_that_runs_past_the_budget_is_stopped(planted, monkeypatch):
     run()
     took = time.perf_counter() - t0
     assert took < 5, took  # the budget is at most CAP_S, not the planted 30 s
-    assert run.picked == BASE
+    assert run.picked in {BASE, BASELINE}
     assert "torch.zz_hang (stopped: " in run.notes[0]
 
 
 def test_a_contender_that_fails_is_passed_over(planted, monkeypatch):
-    monkeypatch.setattr(auto_trial, "CONTENDERS", 2)
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
     planted("torch.zz_broken", fail=True)
     run = prepare_auto(_problem(), "cpu", "float64",
                        calibration=_calibration([BASE, "torch.zz_broken"]))
     out = run()
     assert "torch.zz_broken (failed: RuntimeError)" in run.notes[0]
-    assert run.picked == BASE
+    assert run.picked in {BASE, BASELINE}
     assert np.allclose(out.numpy(), reference_for(_problem()))
 
 
@@ -162,3 +169,18 @@ def test_the_deadline_rings_and_gives_back_a_timer_it_found():
         signal.signal(signal.SIGALRM, before)
         signal.setitimer(signal.ITIMER_REAL, *saved)
     assert cost_model.seconds_text(0.0123) == "12.3 ms"
+
+
+def test_the_baseline_is_the_second_contender_whatever_its_rank(monkeypatch):
+    # The baseline's steps are single backward passes that a deadline stops on time; a
+    # contender ranked ahead of it may run one op past any deadline and spend the budget.
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
+    p = _problem()
+    names = [s.name for s in candidates(p)]
+    baseline = BASELINE
+    order = [n for n in names if n != baseline][:3] + [baseline]  # the baseline ranked last
+    run = prepare_auto(p, "cpu", "float64", calibration=_calibration(order))
+    run()
+    timed = run.notes[0].split("of CPU time: " if "CPU time" in run.notes[0] else "wall time: ")[1]
+    assert timed.startswith(f"{order[0]} ") and timed.split(", ")[1].startswith(baseline), timed
+    assert order[1] in timed and order[2] not in timed.split("; ")[0]  # three contenders only
