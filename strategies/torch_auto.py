@@ -35,11 +35,9 @@ def _applies(problem: Problem) -> str | None:
 
 def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = None,
                  trial: bool = True):
-    """Ranks the exact torch strategies by a cost model fitted to this suite's measurements
-    (shapes: n, m, batch, parameters, forward work, NTK mode); the first call times the leading
-    ones here and keeps the fastest (`trial`), and a candidate that fails to prepare or run (an
-    op of the model without the forward-mode or vmap rule it needs) gives way to the next.
-    Cost: the pick's per call; the first call also spends a few of its calls on the trial."""
+    """Ranks the exact torch strategies by a cost model fitted to the suite's measurements; the
+    first call times the leading ones here and keeps the fastest, and a candidate that fails to
+    prepare or run gives way to the next. Cost: the pick's per call, plus the first call's trial."""
     cands = candidates(problem)
     if not cands:
         raise ValueError(_applies(problem))
