@@ -39,6 +39,7 @@ TIMED_S = 0.02
 MAX_CALLS = 5
 
 
+# A ring that finds a garbage collection running (see `deadline`) waits this long for the next.
 RING_AGAIN_S = 0.02
 
 
@@ -100,31 +101,45 @@ def time_calls(fn, force, clock: Clock = WALL) -> tuple[float, object]:
             return best, out
 
 
+class Deadline:
+    """What `deadline` yields: `fired` once it has raised OutOfTime."""
+    fired = False
+
+
 @contextlib.contextmanager
 def deadline(seconds: float, clock: Clock = WALL):
-    """Raise OutOfTime in this thread once `seconds` have gone on `clock`.
+    """Raise OutOfTime in this thread once `seconds` have gone on `clock`, at most once.
+
+    Once only: an exception raised while the first one unwinds the contender would land in its
+    `finally` blocks and context exits and skip them (a torch.func transform's interpreter
+    stack left pushed broke every later vmap in the process). The caller restores what a
+    raise can still leave half done (`run_trial`'s guard). An OutOfTime that Python only
+    prints (raised in a finalizer) sets `fired` all the same, and the caller counts the
+    contender as stopped when it returns.
 
     The timer is always the wall-clock one (ITIMER_REAL): arming the CPU-time timer
     (ITIMER_PROF) coarsens the process's CPU clock to the 4 ms scheduler tick on this
     machine's kernel. Wall time is never less than one thread's CPU time, so the handler,
     ringing every RING_AGAIN_S once `seconds` of wall time have gone, raises only when the
-    clock says so. A wall-clock timer already set (pytest-timeout's, say) is suspended and set
-    again for what is left of it on the way out; where it would ring first, or off the main
-    thread, or under a handler set from C, nothing is set and the budget is checked between
-    contenders only."""
+    clock says so, and not inside a garbage collection. A wall-clock timer already set
+    (pytest-timeout's, say) is suspended and set again for what is left of it on the way out;
+    where it would ring first, or off the main thread, or under a handler set from C, nothing
+    is set and the budget is checked between contenders only."""
+    state = Deadline()
     handler = signal.getsignal(signal.SIGALRM)
     theirs, interval = signal.getitimer(signal.ITIMER_REAL)
     if (threading.current_thread() is not threading.main_thread() or handler is None
             or (theirs and theirs <= seconds)):
-        yield
+        yield state
         return
     start, wall = clock.now(), time.perf_counter()
-    collecting = [False]
+    collecting, done = [False], [False]
 
     def _ring(signum, frame):
         # Not inside a garbage collection: its callbacks (JAX has one) and finalizers would
         # only print the exception; the next ring comes RING_AGAIN_S later.
-        if clock.now() - start >= seconds and not collecting[0]:
+        if not (done[0] or state.fired or collecting[0]) and clock.now() - start >= seconds:
+            state.fired = True
             raise OutOfTime
 
     def _starts(phase, info):
@@ -136,12 +151,11 @@ def deadline(seconds: float, clock: Clock = WALL):
     gc.callbacks.insert(0, _starts)
     gc.callbacks.append(_stops)
     signal.signal(signal.SIGALRM, _ring)
-    # Ringing again also covers an OutOfTime raised where Python only prints it (a __del__
-    # run outside a collection), which would otherwise end the deadline unheard.
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3), RING_AGAIN_S)
     try:
-        yield
+        yield state
     finally:
+        done[0] = True  # first: a store, where no signal handler runs, so nothing raises below
         signal.setitimer(signal.ITIMER_REAL, 0.0)
         signal.signal(signal.SIGALRM, handler)
         gc.callbacks.remove(_starts)
@@ -151,11 +165,14 @@ def deadline(seconds: float, clock: Clock = WALL):
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
 
 
-def run_trial(pick: str, pick_fn, others: list[str], prepare, force, clock: Clock = WALL):
+def run_trial(pick: str, pick_fn, others: list[str], prepare, force, clock: Clock = WALL,
+              guard=contextlib.nullcontext):
     """Time `pick_fn` (the cost model's pick, already called once) and then `others` in order,
     each prepared by `prepare(name)`, within `budget(pick's time)`. Returns the trial, and the
     winner's name, prepared callable and last output (so that the caller returns what later
-    calls will); only the fastest so far is held meanwhile."""
+    calls will); only the fastest so far is held meanwhile. Each contender runs inside
+    `guard()`, a context manager that puts back the framework's global state that a contender
+    stopped halfway may leave changed."""
     trial = Trial(what=clock.what)
     best_s, best_out = time_calls(pick_fn, force, clock)
     best, best_fn = pick, pick_fn
@@ -169,10 +186,12 @@ def run_trial(pick: str, pick_fn, others: list[str], prepare, force, clock: Cloc
             continue
         fn = out = None
         try:
-            with deadline(min(left, max(FLOOR_S, CUT_CALLS * best_s)), clock):
+            with guard(), deadline(min(left, max(FLOOR_S, CUT_CALLS * best_s)), clock) as ring:
                 fn = prepare(name)
                 force(fn())
                 seconds, out = time_calls(fn, force, clock)
+            if ring.fired:  # raised where Python only printed it: over its time all the same
+                raise OutOfTime
         except OutOfTime:
             why = "budget spent" if clock.now() >= end else "slower than the best"
             trial.entries.append(Entry(name, why=f"stopped: {why}"))

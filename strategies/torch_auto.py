@@ -13,6 +13,8 @@ result row's message ("picked torch.single_jvp by timing here within ...").
 """
 from __future__ import annotations
 
+import contextlib
+
 from . import auto_trial, cost_model
 from .problem import Problem
 from .quantities import QUANTITIES
@@ -96,7 +98,8 @@ def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = Non
         others = contenders(i) if trial else []
         if others:
             found, name, fn, out = auto_trial.run_trial(choices[i].name, fn, others, by_name,
-                                                        _forcer(device), _clock(device))
+                                                        _forcer(device), _clock(device),
+                                                        torch_state_kept)
             run.picked = name
             run.notes = [f"picked {name} by timing the leading candidates: {found.describe()}; "
                          f"the cost model's order: " + note(i, fn)[0].removeprefix("picked "),
@@ -105,6 +108,30 @@ def prepare_auto(problem: Problem, device, dtype, calibration: dict | None = Non
 
     run.picked, run.notes = choices[i].name, note(i, fn)
     return run
+
+
+@contextlib.contextmanager
+def torch_state_kept():
+    """Puts back the process-wide autograd state that a contender stopped halfway (auto_trial's
+    deadline) can leave changed: torch.func's interpreter stack (a vmap or grad layer left
+    pushed makes every later transform fail), forward-mode AD's dual level, and the grad
+    modes."""
+    import torch
+    from torch.autograd import forward_ad
+
+    functorch = torch._C._functorch
+    depth = functorch.get_dynamic_layer_stack_depth()
+    level, grad = forward_ad._current_level, torch.is_grad_enabled()
+    fwd_grad = torch._C._is_fwd_grad_enabled()
+    try:
+        yield
+    finally:
+        if functorch.get_dynamic_layer_stack_depth() > depth:
+            functorch.pop_dynamic_layer_stack_and_undo_to_depth(depth)
+        while forward_ad._current_level > level:
+            forward_ad.exit_dual_level()
+        torch.set_grad_enabled(grad)
+        torch._C._set_fwd_grad_enabled(fwd_grad)
 
 
 def _forcer(device):

@@ -184,3 +184,47 @@ def test_the_baseline_is_the_second_contender_whatever_its_rank(monkeypatch):
     timed = run.notes[0].split("of CPU time: " if "CPU time" in run.notes[0] else "wall time: ")[1]
     assert timed.startswith(f"{order[0]} ") and timed.split(", ")[1].startswith(baseline), timed
     assert order[1] in timed and order[2] not in timed.split("; ")[0]  # three contenders only
+
+
+def test_the_deadline_raises_once_so_a_stopped_contenders_cleanup_runs_to_its_end():
+    # A second OutOfTime raised while the first unwinds would land in the contender's finally
+    # blocks (a torch.func transform's exit among them) and skip the rest of them.
+    cleaned = []
+    with pytest.raises(auto_trial.OutOfTime):
+        with auto_trial.deadline(0.02) as ring:
+            try:
+                _spin(10)
+            finally:
+                _spin(10 * auto_trial.RING_AGAIN_S)  # several rings long
+                cleaned.append(1)
+    assert ring.fired and cleaned == [1]
+
+
+def _stuck_in_transforms():
+    """A contender stopped inside a vmap layer and a forward-mode dual level that it never
+    leaves: what an OutOfTime landing in their exits leaves behind."""
+    import torch
+    from torch.autograd import forward_ad
+
+    torch._C._functorch._vmap_increment_nesting(2, "error")
+    forward_ad.enter_dual_level()
+    torch.set_grad_enabled(False)
+    _spin(30)
+
+
+def test_a_contender_stopped_inside_transforms_leaves_torch_as_it_found_it(planted, monkeypatch):
+    import torch
+    from torch.autograd import forward_ad
+
+    monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
+    planted("torch.zz_stuck", before=_stuck_in_transforms)
+    run = prepare_auto(_problem(), "cpu", "float64",
+                       calibration=_calibration([BASE, "torch.zz_stuck"]))
+    run()
+    assert "torch.zz_stuck (stopped: " in run.notes[0]
+    assert torch._C._functorch.get_dynamic_layer_stack_depth() == 0
+    assert forward_ad._current_level == -1 and torch.is_grad_enabled()
+    # what broke after the unguarded version: a later vmap that draws random numbers
+    x = torch.ones(3)
+    assert torch.func.vmap(lambda v: v * torch.rand(()), randomness="same")(x).shape == (3,)
+    assert torch.func.jvp(torch.sin, (x,), (x,))[1].shape == (3,)
