@@ -16,6 +16,7 @@ import contextlib
 import gc
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,8 +40,13 @@ TIMED_S = 0.02
 MAX_CALLS = 5
 
 
-# A ring that finds a garbage collection running (see `deadline`) waits this long for the next.
+# A ring that finds a garbage collection or a context entry or exit running (see `deadline`)
+# waits this long for the next.
 RING_AGAIN_S = 0.02
+# The functions inside which a ring never raises: a context manager's entry and exit change
+# process-wide state in two steps (forward-mode AD's dual level: torch's C++ level, then the
+# Python copy of it), and an exception between the steps leaves the two apart for good.
+ENTRY_EXIT = frozenset({"__enter__", "__exit__", "__aenter__", "__aexit__"})
 
 
 class OutOfTime(BaseException):
@@ -121,7 +127,8 @@ def deadline(seconds: float, clock: Clock = WALL):
     (ITIMER_PROF) coarsens the process's CPU clock to the 4 ms scheduler tick on this
     machine's kernel. Wall time is never less than one thread's CPU time, so the handler,
     ringing every RING_AGAIN_S once `seconds` of wall time have gone, raises only when the
-    clock says so, and not inside a garbage collection. A wall-clock timer already set
+    clock says so, and not inside a garbage collection or a context manager's entry or exit
+    (ENTRY_EXIT). A wall-clock timer already set
     (pytest-timeout's, say) is suspended and set again for what is left of it on the way out;
     where it would ring first, or off the main thread, or under a handler set from C, nothing
     is set and the budget is checked between contenders only."""
@@ -134,11 +141,14 @@ def deadline(seconds: float, clock: Clock = WALL):
         return
     start, wall = clock.now(), time.perf_counter()
     collecting, done = [False], [False]
+    armed = sys._getframe(2)  # the frame of the `with` (this generator's, then __enter__'s)
 
     def _ring(signum, frame):
         # Not inside a garbage collection: its callbacks (JAX has one) and finalizers would
-        # only print the exception; the next ring comes RING_AGAIN_S later.
-        if not (done[0] or state.fired or collecting[0]) and clock.now() - start >= seconds:
+        # only print the exception; nor inside a context entry or exit (ENTRY_EXIT). The next
+        # ring comes RING_AGAIN_S later.
+        if (not (done[0] or state.fired or collecting[0]) and clock.now() - start >= seconds
+                and not _entering_or_exiting(frame, armed)):
             state.fired = True
             raise OutOfTime
 
@@ -163,6 +173,15 @@ def deadline(seconds: float, clock: Clock = WALL):
         if theirs:
             left = theirs - (time.perf_counter() - wall)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), interval)
+
+
+def _entering_or_exiting(frame, top) -> bool:
+    """Whether a frame between `frame` and `top` runs a context manager's entry or exit."""
+    while frame is not None and frame is not top:
+        if frame.f_code.co_name in ENTRY_EXIT:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def run_trial(pick: str, pick_fn, others: list[str], prepare, force, clock: Clock = WALL,

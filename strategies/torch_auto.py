@@ -128,10 +128,24 @@ def torch_state_kept():
     finally:
         if functorch.get_dynamic_layer_stack_depth() > depth:
             functorch.pop_dynamic_layer_stack_and_undo_to_depth(depth)
-        while forward_ad._current_level > level:
-            forward_ad.exit_dual_level()
+        if level < 0:
+            _no_dual_level(torch, forward_ad)
         torch.set_grad_enabled(grad)
         torch._C._set_fwd_grad_enabled(fwd_grad)
+
+
+def _no_dual_level(torch, forward_ad) -> None:
+    """Leaves forward-mode AD with no dual level, in C++ and in forward_ad's Python copy of it,
+    whichever of the two a stopped contender left entered: entering and leaving a level are two
+    steps each, and the two may have been left apart. torch has at most one level (nesting is
+    not supported), so probing by entering one tells whether C++ still holds it."""
+    forward_ad._current_level = -1
+    try:
+        probe = torch._C._enter_dual_level()
+    except RuntimeError:  # "Nested forward mode AD is not supported": level 0 is still held
+        torch._C._exit_dual_level(level=0)
+    else:
+        torch._C._exit_dual_level(level=probe)
 
 
 def _forcer(device):

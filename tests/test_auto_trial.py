@@ -200,31 +200,68 @@ def test_the_deadline_raises_once_so_a_stopped_contenders_cleanup_runs_to_its_en
     assert ring.fired and cleaned == [1]
 
 
-def _stuck_in_transforms():
-    """A contender stopped inside a vmap layer and a forward-mode dual level that it never
-    leaves: what an OutOfTime landing in their exits leaves behind."""
+def test_the_deadline_never_raises_inside_a_context_entry_or_exit():
+    # forward-mode AD's dual level is left in two steps (C++, then forward_ad's Python copy); an
+    # exception between them left the two apart, and every later jvp in the process failed.
+    steps = []
+
+    class TwoSteps:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            steps.append("first")
+            _spin(5 * auto_trial.RING_AGAIN_S)  # the deadline passes here, several rings long
+            steps.append("second")
+
+    with pytest.raises(auto_trial.OutOfTime):
+        with auto_trial.deadline(0.02) as ring:
+            with TwoSteps():
+                pass
+            _spin(10)
+    assert ring.fired and steps == ["first", "second"]
+
+
+def _left_inside(half_done: str):
+    """A contender stopped inside torch.func transforms: a vmap layer pushed and never popped,
+    grad mode off, and forward-mode AD's dual level left entered, or half entered or half left
+    (its C++ level and forward_ad's Python copy apart), as an OutOfTime landing in their entries
+    and exits would leave them."""
     import torch
     from torch.autograd import forward_ad
 
-    torch._C._functorch._vmap_increment_nesting(2, "error")
-    forward_ad.enter_dual_level()
-    torch.set_grad_enabled(False)
-    _spin(30)
+    def stuck():
+        torch._C._functorch._vmap_increment_nesting(2, "error")
+        torch.set_grad_enabled(False)
+        if half_done == "entered":
+            forward_ad.enter_dual_level()
+        elif half_done == "half entered":  # C++ holds the level, Python does not know
+            torch._C._enter_dual_level()
+        else:  # "half left": C++ let go of the level, Python still holds it
+            forward_ad.enter_dual_level()
+            torch._C._exit_dual_level(level=0)
+        _spin(30)
+    return stuck
 
 
-def test_a_contender_stopped_inside_transforms_leaves_torch_as_it_found_it(planted, monkeypatch):
+@pytest.mark.parametrize("half_done", ["entered", "half entered", "half left"])
+def test_a_contender_stopped_inside_transforms_leaves_torch_as_it_found_it(planted, monkeypatch,
+                                                                           half_done):
     import torch
     from torch.autograd import forward_ad
 
     monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
-    planted("torch.zz_stuck", before=_stuck_in_transforms)
+    planted("torch.zz_stuck", before=_left_inside(half_done))
     run = prepare_auto(_problem(), "cpu", "float64",
                        calibration=_calibration([BASE, "torch.zz_stuck"]))
     run()
     assert "torch.zz_stuck (stopped: " in run.notes[0]
     assert torch._C._functorch.get_dynamic_layer_stack_depth() == 0
     assert forward_ad._current_level == -1 and torch.is_grad_enabled()
-    # what broke after the unguarded version: a later vmap that draws random numbers
+    # what broke after the unguarded version: a later vmap that draws random numbers, and any
+    # later forward-mode AD ("Nested forward mode AD is not supported")
     x = torch.ones(3)
     assert torch.func.vmap(lambda v: v * torch.rand(()), randomness="same")(x).shape == (3,)
     assert torch.func.jvp(torch.sin, (x,), (x,))[1].shape == (3,)
+    with forward_ad.dual_level():
+        assert forward_ad.unpack_dual(forward_ad.make_dual(x, x)).tangent is not None
