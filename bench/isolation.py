@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import psutil
 
+from . import jax_cache
 from .failures import classify, one_line
 
 _CTX = mp.get_context("fork")
@@ -285,7 +286,8 @@ class InProcess:
     process cannot fork safely (CUDA or a JAX backend already started, e.g. jacbench.compare
     from a notebook). No time limit or memory cap can be enforced; an exception still becomes
     an 'error' (or 'oom') outcome. The CPU affinity and torch's thread count that the case sets
-    (bench.harness.pin_threads) are put back afterwards."""
+    (bench.harness.pin_threads) and the JAX cache settings (bench.jax_cache.use) are put back
+    afterwards."""
 
     conn = None  # nothing to wait on: the outcome is ready when the constructor returns
 
@@ -309,6 +311,7 @@ class InProcess:
                 os.environ.pop("XLA_FLAGS", None)
             else:
                 os.environ["XLA_FLAGS"] = xla_flags
+            jax_cache.put_back()
             self.out.partial.pop(PAUSE, None)
             self.out.partial.pop(QUIET, None)
             self.out.wall_s = time.monotonic() - start

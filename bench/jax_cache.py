@@ -15,6 +15,12 @@ import shutil
 from pathlib import Path
 
 
+# The settings `use` changes; `put_back` restores what it found.
+_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+_FOUND: list[dict] = []
+
+
 def use(directory: Path) -> None:
     """Cache every compilation of this process (a fresh child, before it compiles anything)
     in `directory`, however short or small."""
@@ -22,10 +28,28 @@ def use(directory: Path) -> None:
         import jax
     except ImportError:
         return
+    if not _FOUND:
+        _FOUND.append({k: getattr(jax.config, k) for k in _SETTINGS})
     directory.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _set(jax, dict(zip(_SETTINGS, (str(directory), 0, 0))))
+
+
+def put_back() -> None:
+    """Restores the settings `use` changed in this process: a case run in the caller's own
+    process (bench.isolation.InProcess) must not leave JAX writing to its directory, which is
+    removed after it, nor caching every small compilation from then on."""
+    if _FOUND:
+        import jax
+
+        _set(jax, _FOUND.pop())
+
+
+def _set(jax, settings: dict) -> None:
+    from jax.experimental.compilation_cache import compilation_cache
+
+    for key, value in settings.items():
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()  # a cache opened on the directory before stays open
 
 
 def merge(directories, into: Path) -> Path:

@@ -144,10 +144,11 @@ def deadline(seconds: float, clock: Clock = WALL):
     armed = sys._getframe(2)  # the frame of the `with` (this generator's, then __enter__'s)
 
     def _ring(signum, frame):
-        # Not inside a garbage collection: its callbacks (JAX has one) and finalizers would
-        # only print the exception; nor inside a context entry or exit (ENTRY_EXIT). The next
-        # ring comes RING_AGAIN_S later.
+        # Not inside a garbage collection: its callbacks (JAX has one, and ours below) and
+        # finalizers would only print the exception; nor inside a context entry or exit
+        # (ENTRY_EXIT). The next ring comes RING_AGAIN_S later.
         if (not (done[0] or state.fired or collecting[0]) and clock.now() - start >= seconds
+                and frame.f_code not in (_starts.__code__, _stops.__code__)
                 and not _entering_or_exiting(frame, armed)):
             state.fired = True
             raise OutOfTime

@@ -210,6 +210,9 @@ def test_compare_takes_a_jax_function_and_the_torch_side_says_why_not(tmp_path):
         return jnp.tanh(X.reshape(X.shape[0], -1) @ params["w"]) @ params["v"]
     params = {"w": jax.random.normal(jax.random.key(0), (6, 5)) / 3, "v": jnp.ones((5, 2)) / 2}
     x = np.random.default_rng(1).normal(size=(3, 2, 3))
+    cache = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    before = {k: getattr(jax.config, k) for k in cache}
     df = jacbench.compare((net, params), x, quantities=["batch_jacobian", "ntk"], modes="trace",
                           strategies="jax.vmap_jacrev,jax.jacobian_contraction,jax.sum_trick,"
                                      "jax.per_sample_loop,torch.vmap_jacrev",
@@ -217,3 +220,6 @@ def test_compare_takes_a_jax_function_and_the_torch_side_says_why_not(tmp_path):
     ok, na = _check_rows(df, min_ok=4, reference="consensus")
     assert set(ok["framework"]) == {"jax"}
     assert (na["message"] == "JAX function: the PyTorch side needs an nn.Module").all()
+    # The cases ran in this process (its JAX backend is up): it does not go on writing its
+    # compilations into the cache directory the run used and removed.
+    assert {k: getattr(jax.config, k) for k in cache} == before
