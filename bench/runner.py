@@ -294,6 +294,8 @@ def sweep(cases: list[Case], results=store.DEFAULT_PATH, *, profile: Profile | s
 
         def child(send):
             harness.pin_threads(threads, key[2], slots[slot])
+            if isolate:  # a forked child of its own
+                harness.fix_allocator()
             if cached.is_dir():  # what the JAX cases compiled alone, not compiled again
                 jax_cache.use(jax_cache.merge([d for d in cached.iterdir() if d.name != "_all"],
                                               cached / "_all"))
