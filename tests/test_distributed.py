@@ -81,7 +81,9 @@ def _busy_worker(client, timeout_s=60.0) -> str:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         names = {a: w.get("name") for a, w in client.scheduler_info()["workers"].items()}
-        busy = [names[a] for a, keys in client.processing().items() if keys]
+        # two calls, two moments: a worker processing may not be in the client's (periodically
+        # refreshed) scheduler info yet; the next look finds it
+        busy = [names[a] for a, keys in client.processing().items() if keys and a in names]
         if busy:
             return busy[0]
         time.sleep(0.1)
