@@ -99,14 +99,21 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _malloc_trim() -> None:
-    """Return glibc's free heap memory to the system (a no-op without glibc)."""
+def _libc():
+    """glibc, or None where there is none (the functions below are then no-ops)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    """Return glibc's free heap memory to the system (a no-op without glibc)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 # glibc's own bounds for its dynamic thresholds on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX, and twice
@@ -123,14 +130,10 @@ def fix_allocator() -> None:
     strategy freed what before it in the round. Measured in one process: a 64 x 1024 NTK by
     torch.structured took 108 page faults a call with the dynamic thresholds, 0.1 with these.
     A no-op without glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 class PeakMemory:
