@@ -38,6 +38,8 @@ _TRANSFORM_LIMITS = (
     ("is not implemented", "an op without the derivative rule this strategy needs (e.g. a "
                            "double backward)"),
     ("has no batchgrad rule", "a module that BackPACK's BatchGrad has no rule for"),
+    ("is a view and is being modified inplace", "an in-place op on a module's output, which "
+                                                "backward hooks (BackPACK's) cannot follow"),
     ("tracerboolconversionerror", "data-dependent control flow under jit/vmap"),
     ("concretizationtypeerror", "data-dependent control flow under jit/vmap"),
 )

@@ -74,6 +74,10 @@ def _quiet():
     on every backward that they fire on outputs, which is what BackPACK expects."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+        # said of every container holding parameters through its children; a leaf without a
+        # rule is caught by _check_batch_grads, by name
+        warnings.filterwarnings("ignore", "Extension saving to grad_batch does not have an "
+                                "extension for Module", UserWarning)
         yield
 
 
@@ -104,9 +108,22 @@ def _check_batch_grads(model: nn.Module, params) -> None:
                                   f"{', '.join(bare[:4])}{' ...' if len(bare) > 4 else ''}")
 
 
+def _out_of_place(model: nn.Module) -> nn.Module:
+    """The modules' `inplace` flags (ReLU(inplace=True) and kin) turned off: the same values,
+    and BackPACK's full backward hooks, which wrap each module's output in a custom Function,
+    cannot follow an in-place write into that output (torch raises "... is a view and is being
+    modified inplace"). An in-place op written in a forward method stays, and such a model is
+    out of BackPACK's reach (bench.failures)."""
+    for module in model.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False
+    return model
+
+
 def _batchgrad_model(v):
-    # A user's module is extended as it is (its copy in the view); BackPACK extends children too.
-    model = v.model if is_user(v.problem) else nn.Sequential(*_modules(v))
+    # A user's module is extended as it is (its copy in the view, so turning its in-place
+    # activations out of place changes nothing of the user's); BackPACK extends children too.
+    model = _out_of_place(v.model) if is_user(v.problem) else nn.Sequential(*_modules(v))
     model = extend(model.requires_grad_(True))
     return model, list(model.parameters())
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .torch_layer_rules import (Piece, attention_forward, conv_parts, embedding_parts,
+from .torch_layer_rules import (LINEAR, Piece, attention_forward, conv_parts, embedding_parts,
                                 linear_parts, rule_of)
 
 
@@ -97,6 +97,13 @@ class _Call:
     weight: tuple | None = None  # attention projections: (name, offset) and the K of it
     bias: tuple | None = None
     input_version: int = 0
+    source: torch.Tensor | None = None  # the input itself, in the graph
+
+    def is_output_of(self, y: torch.Tensor, m: int) -> bool:
+        """This call's output is the network's (B, m) output, unchanged since."""
+        return self.out is not None and self.out.data_ptr() == y.data_ptr() and \
+            self.out.numel() == y.numel() and self.out._version == self.version and \
+            self.out.dim() == 2 and self.out.shape[1] == m
 
 
 @dataclass
@@ -121,7 +128,7 @@ def _record(calls, prefix, rule, module, a, output, weight=None, bias=None, copy
     out = output + probe
     kept = a.detach().clone() if copy else a.detach()  # detach() shares the version counter
     calls.append(_Call(prefix, rule, module, kept, probe, out, out._version,
-                       a.requires_grad, weight, bias, a._version))
+                       a.requires_grad, weight, bias, a._version, a))
     return out
 
 
@@ -209,14 +216,7 @@ def _capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
     B = x.shape[0]
     m = flat.shape[1]
     cap = Capture(B, m, model_params=list(the_plan.model_params))
-    probes = [c.probe for c in calls if c.probe is not None]
-    grads = [None] * len(probes)
-    if probes and flat.requires_grad:
-        with torch.enable_grad():
-            units = torch.eye(m, dtype=flat.dtype, device=flat.device)[:, None, :].expand(m, *flat.shape)
-            grads = list(torch.autograd.grad(flat, probes, units, is_grads_batched=True,
-                                             allow_unused=True))
-    grads = iter(grads)
+    grads = iter(_output_cotangents(calls, y, flat, m))
     cap.flops += sum(core) * (1 + 2 * m)  # attention's matmuls: forward, and two per cotangent
     bad: dict[str, str] = {}
     groups: dict[tuple, list] = {}
@@ -232,8 +232,7 @@ def _capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
                                  f"batch of {B} samples")
             bad[c.prefix] = "does not take the batch as its first dimension"
             continue
-        unit = c.out.data_ptr() == y.data_ptr() and c.out.numel() == y.numel() and \
-            c.out._version == c.version and c.out.dim() == 2 and c.out.shape[1] == m
+        unit = c.is_output_of(y, m)
         groups.setdefault((c.prefix, c.rule), []).append((c, g, unit))
     owner = {prefix: module for prefix, (module, _) in the_plan.rules.items()}
     for (prefix, rule), entries in groups.items():
@@ -254,6 +253,33 @@ def _capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
         cap.notes.append(f"fallback: layer {prefix} ({type(module).__name__}) {why}; "
                          f"per-sample Jacobians of the model w.r.t. its {count} parameters")
     return cap
+
+
+def _output_cotangents(calls: list, y, flat, m: int) -> list:
+    """Every probe's gradient under each of the m unit cotangents of the outputs, (m, *out),
+    by one backward batched over them (None: the output does not depend on it).
+
+    When the output is a plain Linear's, y = a W^T + b, the backward starts at its input a
+    with the cotangents W[o] for every sample, and that layer's own are the unit vectors:
+    the same numbers without the batched matrix product of the units by W."""
+    probes = [c.probe for c in calls if c.probe is not None]
+    if not probes or not flat.requires_grad:
+        return [None] * len(probes)
+    units = torch.eye(m, dtype=flat.dtype, device=flat.device)[:, None, :].expand(m, *flat.shape)
+    last = next((c for c in reversed(calls) if c.probe is not None), None)
+    if last.rule == LINEAR and last.is_output_of(y, m):
+        upstream = probes[:-1]
+        grads = [None] * len(upstream)
+        if upstream and last.source.requires_grad:
+            weight = last.module.weight.detach()
+            start = weight[:, None, :].expand(m, *last.source.shape)
+            with torch.enable_grad():
+                grads = list(torch.autograd.grad(last.source, upstream, start,
+                                                 is_grads_batched=True, allow_unused=True))
+        return grads + [units]
+    with torch.enable_grad():
+        return list(torch.autograd.grad(flat, probes, units, is_grads_batched=True,
+                                        allow_unused=True))
 
 
 def _piece(prefix, rule, module, entries, m) -> Piece:

@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 # Normalisations within one sample: no batch statistics, so no mode to check.
 SAMPLE_NORMS = (nn.GroupNorm, nn.LayerNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 _CONVS = (nn.Conv2d, nn.Conv1d)
+LINEAR = "linear"  # the rule of a plain nn.Linear: y = a W^T + b
 
 
 def _own(module: nn.Module, names: set[str]) -> bool:
@@ -48,7 +49,7 @@ def rule_of(module: nn.Module) -> str | None:
         plain = module.bias_k is None and module.bias_v is None and not module.add_zero_attn
         return "attention" if plain else None
     if _plain(module, nn.Linear):
-        return "linear" if _own(module, {"weight", "bias"}) else None
+        return LINEAR if _own(module, {"weight", "bias"}) else None
     if any(_plain(module, c) for c in _CONVS):
         return "conv" if module.groups == 1 and _own(module, {"weight", "bias"}) else None
     if _plain(module, nn.Embedding):

@@ -165,3 +165,36 @@ def test_backpack_batch_grad_on_user_modules_it_was_never_shown(tmp_path):
                              results=tmp_path / "g.jsonl")
     assert gated["status"].tolist() == ["not_applicable"]
     assert "no BatchGrad rule for the module(s) holding gate" in gated["message"].iloc[0]
+
+
+class _InPlaceInForward(torch.nn.Module):
+    """An in-place write into a module's output in the forward method itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = torch.nn.Linear(6, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        h.relu_()
+        return self.out(h)
+
+
+@needs["backpack"]
+def test_backpack_batch_grad_on_in_place_activations(tmp_path):
+    """ReLU(inplace=True) modules (as in torchvision's ResNets) are made out of place in
+    BackPACK's copy, so the row is ok; an in-place op in a forward method, which BackPACK's
+    backward hooks cannot follow, is not applicable with the reason, not an error."""
+    nn = torch.nn
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8),
+                        nn.Hardtanh(inplace=True), nn.Linear(8, 3))
+    df = jacbench.compare(net, torch.randn(4, 6), ["param_jacobian"], ["backpack.batch_grad"],
+                          profile="test", dtype="float64", results=tmp_path / "r.jsonl")
+    assert df["status"].tolist() == ["ok"], df[["status", "message"]]
+    assert net[1].inplace and net[3].inplace  # the user's model is untouched
+    inside = jacbench.compare(_InPlaceInForward(), torch.randn(4, 6), ["param_jacobian"],
+                              ["backpack.batch_grad"], profile="test",
+                              results=tmp_path / "i.jsonl")
+    assert inside["status"].tolist() == ["not_applicable"], inside[["status", "message"]]
+    assert "in-place op on a module's output" in inside["message"].iloc[0]
