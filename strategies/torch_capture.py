@@ -267,7 +267,9 @@ def _output_cotangents(calls: list, y, flat, m: int) -> list:
         return [None] * len(probes)
     units = torch.eye(m, dtype=flat.dtype, device=flat.device)[:, None, :].expand(m, *flat.shape)
     last = next((c for c in reversed(calls) if c.probe is not None), None)
-    if last.rule == LINEAR and last.is_output_of(y, m):
+    # an input changed in place after the call has a new autograd history: not a start then
+    if last.rule == LINEAR and last.is_output_of(y, m) and \
+            last.source._version == last.input_version:
         upstream = probes[:-1]
         grads = [None] * len(upstream)
         if upstream and last.source.requires_grad:
