@@ -108,24 +108,27 @@ def _check_batch_grads(model: nn.Module, params) -> None:
                                   f"{', '.join(bare[:4])}{' ...' if len(bare) > 4 else ''}")
 
 
-def _out_of_place(model: nn.Module) -> nn.Module:
-    """The modules' `inplace` flags (ReLU(inplace=True) and kin) turned off: the same values,
-    and BackPACK's full backward hooks, which wrap each module's output in a custom Function,
-    cannot follow an in-place write into that output (torch raises "... is a view and is being
-    modified inplace"). An in-place op written in a forward method stays, and such a model is
-    out of BackPACK's reach (bench.failures)."""
-    for module in model.modules():
-        if isinstance(getattr(module, "inplace", None), bool):
+def _out_of_place(model: nn.Module) -> list[str]:
+    """Turns the modules' `inplace` flags (ReLU(inplace=True) and kin) off and returns the row's
+    note naming them: the same values, and BackPACK's full backward hooks, which wrap each
+    module's output in a custom Function, cannot follow an in-place write into that output
+    (torch raises "... is a view and is being modified inplace"). An in-place op written in a
+    forward method stays, and such a model is out of BackPACK's reach (bench.failures)."""
+    turned = []
+    for name, module in model.named_modules():
+        if getattr(module, "inplace", None) is True:
             module.inplace = False
-    return model
+            turned.append(name or "(the model)")
+    return [f"in-place flag turned off in BackPACK's copy: {', '.join(turned)}"] if turned else []
 
 
 def _batchgrad_model(v):
     # A user's module is extended as it is (its copy in the view, so turning its in-place
     # activations out of place changes nothing of the user's); BackPACK extends children too.
-    model = _out_of_place(v.model) if is_user(v.problem) else nn.Sequential(*_modules(v))
+    model = v.model if is_user(v.problem) else nn.Sequential(*_modules(v))
+    notes = _out_of_place(model)
     model = extend(model.requires_grad_(True))
-    return model, list(model.parameters())
+    return model, list(model.parameters()), notes
 
 
 _BATCHGRAD = _covers("backpack.batch_grad", "no BatchGrad rule for layer kind(s)",
@@ -137,8 +140,12 @@ def _pj_batch_grad(problem, device, dtype):
     """BackPACK BatchGrad: one forward, then per output o a backward of sum_b f_o(x_b) that also
     extracts per-sample gradients. Cost: m backward passes with per-sample weight products."""
     v = torch_view(problem, device, dtype)
-    model, params = _batchgrad_model(v)
-    return lambda: _param_jacobian(model, params, v.data["X"])
+    model, params, notes = _batchgrad_model(v)
+
+    def run():
+        return _param_jacobian(model, params, v.data["X"])
+    run.notes = notes
+    return run
 
 
 @register("ntk", "backpack.batch_grad", applies=_BATCHGRAD, tags={"dense"})
@@ -146,12 +153,13 @@ def _ntk_batch_grad(problem, device, dtype):
     """Per-sample parameter Jacobians of X1 and X2 in one BackPACK BatchGrad run over both
     batches (m backward passes), then contracted. Cost: (B1 + B2) m P memory, B1 B2 m^2 P flops."""
     v = torch_view(problem, device, dtype)
-    model, params = _batchgrad_model(v)
+    model, params, notes = _batchgrad_model(v)
     X1, X2 = v.data["X1"], v.data["X2"]
 
     def run():
         J = _param_jacobian(model, params, torch.cat([X1, X2]))
         return contract_ntk(J[:X1.shape[0]], J[X1.shape[0]:], problem.mode)
+    run.notes = notes
     return run
 
 

@@ -192,6 +192,7 @@ def test_backpack_batch_grad_on_in_place_activations(tmp_path):
     df = jacbench.compare(net, torch.randn(4, 6), ["param_jacobian"], ["backpack.batch_grad"],
                           profile="test", dtype="float64", results=tmp_path / "r.jsonl")
     assert df["status"].tolist() == ["ok"], df[["status", "message"]]
+    assert "in-place flag turned off in BackPACK's copy: 1, 3" in df["message"].iloc[0]
     assert net[1].inplace and net[3].inplace  # the user's model is untouched
     inside = jacbench.compare(_InPlaceInForward(), torch.randn(4, 6), ["param_jacobian"],
                               ["backpack.batch_grad"], profile="test",
