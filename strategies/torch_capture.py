@@ -263,25 +263,20 @@ def _output_cotangents(calls: list, y, flat, m: int) -> list:
     with the cotangents W[o] for every sample, and that layer's own are the unit vectors:
     the same numbers without the batched matrix product of the units by W."""
     probes = [c.probe for c in calls if c.probe is not None]
-    if not probes or not flat.requires_grad:
-        return [None] * len(probes)
     units = torch.eye(m, dtype=flat.dtype, device=flat.device)[:, None, :].expand(m, *flat.shape)
+    root, targets, cotangents, known = flat, probes, units, []
     last = next((c for c in reversed(calls) if c.probe is not None), None)
     # an input changed in place after the call has a new autograd history: not a start then
-    if last.rule == LINEAR and last.is_output_of(y, m) and \
+    if last is not None and last.rule == LINEAR and last.is_output_of(y, m) and \
             last.source._version == last.input_version:
-        upstream = probes[:-1]
-        grads = [None] * len(upstream)
-        if upstream and last.source.requires_grad:
-            weight = last.module.weight.detach()
-            start = weight[:, None, :].expand(m, *last.source.shape)
-            with torch.enable_grad():
-                grads = list(torch.autograd.grad(last.source, upstream, start,
-                                                 is_grads_batched=True, allow_unused=True))
-        return grads + [units]
-    with torch.enable_grad():
-        return list(torch.autograd.grad(flat, probes, units, is_grads_batched=True,
-                                        allow_unused=True))
+        root, targets, known = last.source, probes[:-1], [units]
+        cotangents = last.module.weight.detach()[:, None, :].expand(m, *root.shape)
+    grads = [None] * len(targets)
+    if targets and root.requires_grad:
+        with torch.enable_grad():
+            grads = list(torch.autograd.grad(root, targets, cotangents, is_grads_batched=True,
+                                             allow_unused=True))
+    return grads + known
 
 
 def _piece(prefix, rule, module, entries, m) -> Piece:
