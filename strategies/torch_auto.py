@@ -159,7 +159,8 @@ def _forcer(device):
 
 def _clock(device) -> auto_trial.Clock:
     """CPU time for one thread on the CPU (auto_trial.CPU says why); wall time otherwise: on
-    several threads CPU time would add theirs up, and on a GPU it would miss the kernels."""
+    several threads the calling thread's CPU time would miss the pool's work, and on a GPU the
+    kernels."""
     import torch
 
     one_thread = str(device).startswith("cpu") and torch.get_num_threads() == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import signal
+import threading
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from jacbench import strategies
 from jacbench.bench.problems import problems
 from conftest import reference_for
-from jacbench.strategies import auto_trial, cost_model
+from jacbench.strategies import auto_trial, cost_model, torch_auto
 from jacbench.strategies.cost_model import FEATURES
 from jacbench.strategies.torch_auto import candidates, prepare_auto
 
@@ -75,10 +76,24 @@ def planted():
         strategies.registry.remove("jacobian", n)
 
 
+class _Ticks:
+    """A trial clock that only the contenders move: what the trial prints is then exactly
+    what they took, on a host of any speed and load."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.clock = auto_trial.Clock(lambda: self.now, "CPU time")
+
+    def take(self, seconds: float):
+        self.now += seconds
+
+
 def test_the_trial_keeps_the_faster_contender_and_says_what_it_timed(planted, monkeypatch):
     # These two and the baseline (always second) only, not the real ones after.
     monkeypatch.setattr(auto_trial, "CONTENDERS", 3)
-    planted("torch.zz_slow", before=lambda: _spin(0.01))
+    ticks = _Ticks()
+    monkeypatch.setattr(torch_auto, "_clock", lambda device: ticks.clock)
+    planted("torch.zz_slow", before=lambda: ticks.take(0.01))
     planted("torch.zz_fast")
     p = _problem()
     run = prepare_auto(p, "cpu", "float64", calibration=_calibration(["torch.zz_slow",
@@ -86,14 +101,34 @@ def test_the_trial_keeps_the_faster_contender_and_says_what_it_timed(planted, mo
     assert run.picked == "torch.zz_slow"  # the cost model's pick, before the first call
     out = run()
     note = run.notes[0]
-    times = dict(re.findall(r"(torch\.\w+) ([\d.]+ [mun]?s)(?=[,;])", note))
+    timed = note.split("; the cost model's order")[0]
+    times = dict(re.findall(r"(torch\.\w+) ([\d.]+ [mun]?s)(?=[,;]|$)", timed))
     assert set(times) == {"torch.zz_slow", "torch.zz_fast", BASELINE}, note
-    assert times["torch.zz_slow"].startswith("1") and times["torch.zz_slow"].endswith(" ms")
+    assert times["torch.zz_slow"] == "10 ms", note
+    assert times["torch.zz_fast"] == times[BASELINE] == "0 ns", note
+    assert "timed here within 150 ms of CPU time" in note, note  # 15 calls of the pick
     assert run.picked in {"torch.zz_fast", BASELINE}, note  # never the slow one
     assert note.startswith(f"picked {run.picked} by timing"), note
     assert "the cost model's order: torch.zz_slow" in note
     assert np.allclose(out.numpy(), reference_for(p))
     assert np.array_equal(run().numpy(), out.numpy())  # later calls: the winner, same result
+
+
+def test_the_cpu_clock_counts_the_calling_threads_work_only():
+    """Another thread of the process busy meanwhile adds nothing to a contender's time."""
+    def busy():
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+
+    helper = threading.Thread(target=busy)
+    t0 = auto_trial.CPU.now()
+    helper.start()
+    helper.join()  # blocked, not working, while the helper works its 50 ms
+    assert auto_trial.CPU.now() - t0 < 0.025
+    mine = auto_trial.CPU.now()
+    busy()
+    assert auto_trial.CPU.now() - mine >= 0.05
 
 
 def test_without_a_trial_the_cost_models_pick_stays(planted):
