@@ -199,3 +199,24 @@ def test_backpack_batch_grad_on_in_place_activations(tmp_path):
                               results=tmp_path / "i.jsonl")
     assert inside["status"].tolist() == ["not_applicable"], inside[["status", "message"]]
     assert "in-place op on a module's output" in inside["message"].iloc[0]
+
+
+def test_backpack_on_a_reflect_padded_convolution_disagrees_and_says_why(tmp_path):
+    """BackPACK pads every convolution with zeros: on a reflect-padded one its per-sample
+    gradients are wrong, which the checker must catch; the row's note names the layer."""
+    nn = torch.nn
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Tanh(),
+                        nn.Flatten(), nn.Linear(4 * 5 * 5, 2))
+    df = jacbench.compare(net, torch.randn(3, 3, 5, 5), ["param_jacobian"],
+                          ["backpack.batch_grad"], profile="test", dtype="float64",
+                          results=tmp_path / "r.jsonl")
+    assert df["status"].tolist() == ["disagrees"], df[["status", "message"]]
+    assert "pads convolutions with zeros whatever their padding_mode: 0 (reflect)" in \
+        df["message"].iloc[0]
+    net[0].padding_mode = "zeros"  # the same layer zero-padded: BackPACK is right, no note
+    df = jacbench.compare(net, torch.randn(3, 3, 5, 5), ["param_jacobian"],
+                          ["backpack.batch_grad"], profile="test", dtype="float64",
+                          results=tmp_path / "z.jsonl")
+    assert df["status"].tolist() == ["ok"] and "padding_mode" not in df["message"].iloc[0], \
+        df[["status", "message"]]
