@@ -75,6 +75,24 @@ class Facts:
     param_problem: str | None  # the same w.r.t. the parameters
     coupled: bool
     forward_macs: int = 0  # of one sample (UserModel.forward_macs)
+    train_mode: str | None = None  # what running the model's copy in eval mode changes
+
+
+def _train_mode(model) -> str | None:
+    """A line for a model handed over in training mode whose modules act otherwise in eval
+    mode (dropout, batch statistics), which the suite runs: the derivatives are eval mode's."""
+    from torch import nn
+
+    kinds = {"dropout": (nn.modules.dropout._DropoutNd, nn.AlphaDropout),
+             "batch norm": (nn.modules.batchnorm._BatchNorm,)}
+    found = {k: sum(isinstance(m, t) and m.training for m in model.modules())
+             for k, t in kinds.items()}
+    found = {k: n for k, n in found.items() if n}
+    if not found:
+        return None
+    return ("the model is in training mode; its derivatives are computed in eval mode, on a "
+            "copy: " + ", ".join(f"{n} {k} module(s)" for k, n in found.items())
+            + " act as after model.eval() (dropout off, batch norm on its running statistics)")
 
 
 def _shape_error(exc, X, in_shape) -> UserModelError:
@@ -144,6 +162,7 @@ def _inspect_torch(model, X: np.ndarray, dtype: str, outputs, inputs_text) -> Fa
     from torch.utils.flop_counter import FlopCounterMode
 
     digest = weights_digest(model)
+    train_mode = _train_mode(model)
     model = copy.deepcopy(model).to(device="cpu", dtype=getattr(torch, dtype)).eval()
     params = list(model.parameters())
     for p in params:
@@ -171,7 +190,8 @@ def _inspect_torch(model, X: np.ndarray, dtype: str, outputs, inputs_text) -> Fa
     P = sum(p.numel() for p in params)
     common = dict(framework="torch", out_dim=m, param_count=P,
                   act_per_sample=max(1, acts[0] // X.shape[0]), digest=digest,
-                  forward_macs=flops.get_total_flops() // 2 // X.shape[0])
+                  forward_macs=flops.get_total_flops() // 2 // X.shape[0],
+                  train_mode=train_mode)
     if not y.is_floating_point():
         why = _INT_OUTPUT.format(dtype=str(y.dtype).replace("torch.", ""))
         return Facts(**common, output_problem=why, input_problem=why, param_problem=why,
@@ -394,9 +414,11 @@ def cases_for(problems: list[Problem], names, fws, device: str, dtype: str) -> l
 
 def factory_cases(ref: str, in_shape, batches, outputs=None, quantities=None,
                   strategy_names=None, frameworks=None, modes=None, device="cpu",
-                  dtype="float32", seed: int = 0, limits=None) -> list:
+                  dtype="float32", seed: int = 0, limits=None, notes: list | None = None
+                  ) -> list:
     """The cases of `--model ref`: the module is imported here (so forked cases find it), the
-    model is built and checked in a child process, one problem per quantity and batch."""
+    model is built and checked in a child process, one problem per quantity and batch. Lines
+    the user should read before the results (the model's training mode) go to `notes`."""
     from .isolation import Limits, run_isolated
     from .cases import BadInput, check_device
 
@@ -425,7 +447,11 @@ def factory_cases(ref: str, in_shape, batches, outputs=None, quantities=None,
                      seed=seed, digest=f.digest,
                      act_per_sample=max(x.act_per_sample for x in facts.values()),
                      forward_macs=max(x.forward_macs for x in facts.values()))
-    return cases_for(problems_for(spec, inputs, facts, qs, ms, seed), names, fws, device, dtype)
+    cases = cases_for(problems_for(spec, inputs, facts, qs, ms, seed), names, fws, device, dtype)
+    if notes is not None:
+        notes += sorted({f"--model {ref!r}: {x.train_mode}" for x in facts.values()
+                         if x.train_mode})
+    return cases
 
 
 def blocked_reasons(cases) -> list[str]:

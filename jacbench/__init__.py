@@ -33,6 +33,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from jacbench.strategies.user_model import UserModelError  # noqa: E402  (re-exported)
@@ -64,7 +65,8 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
             verbose: bool = False, output=None):
     """Benchmark and check every applicable strategy on `model` at the batch `x`.
 
-    model: a torch.nn.Module (run as given: its weights and buffers, in eval mode, on a copy),
+    model: a torch.nn.Module (run as given: its weights and buffers, in eval mode, on a copy;
+        a model handed over in training mode with dropout or batch norm gets a UserWarning),
         or a pair (fn, params) with fn(params, X) -> Y a pure JAX function.
     x: the batch, shape (B, *one sample's shape): a tensor or array; for a model of several
         inputs, forward(x, z), a tuple of batches (x, z), differentiated as one flat vector per
@@ -118,6 +120,8 @@ def compare(model, x, quantities=("ntk", "param_jacobian"), strategies=None, *,
                        "(python -m jacbench run --model ... --threads N)")
     B = X.shape[0]
     facts = inspect_model(obj, X, dtype, None, f"the batch x of shape {X.shape}")
+    if facts.train_mode:
+        warnings.warn(facts.train_mode, UserWarning, stacklevel=2)
     spec = UserModel(name or models.name(obj),
                      framework, tuple(X.shape[1:]), facts.out_dim, facts.param_count, obj=obj,
                      digest=facts.digest, act_per_sample=facts.act_per_sample,

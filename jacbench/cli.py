@@ -283,9 +283,14 @@ def _model_cases(args):
     cap = args.mem_cap or profile.mem_cap_gb
     limits = Limits(timeout_s=args.timeout or profile.timeout_s,
                     mem_cap_bytes=int(cap * GB) if cap else Limits().mem_cap_bytes)
-    return factory_cases(args.model, args.input_shape, ",".join(args.batch or ["8"]),
-                         args.outputs, args.quantity, args.strategy, args.framework,
-                         args.mode, args.device, args.dtype or profile.dtype, args.seed, limits)
+    notes: list[str] = []
+    cases = factory_cases(args.model, args.input_shape, ",".join(args.batch or ["8"]),
+                          args.outputs, args.quantity, args.strategy, args.framework,
+                          args.mode, args.device, args.dtype or profile.dtype, args.seed,
+                          limits, notes)
+    for line in notes:  # before the run: they say how to read its results
+        print(f"note: {line}", file=sys.stderr)
+    return cases
 
 
 def _left_out(cases, args) -> list[str]:

@@ -71,3 +71,9 @@ class _Branchy(nn.Module):
 
 def branchy_net():
     return _Branchy()
+
+
+def training_mode_net():
+    """Handed over in training mode: dropout and batch norm act otherwise in eval mode."""
+    return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Tanh(),
+                         nn.Linear(6, 3)).train()

@@ -161,6 +161,22 @@ def test_a_model_without_parameters_skips_parameter_quantities_only(tmp_path, ca
     assert rc == 2 and "the model has no parameters" in err  # nothing could run
 
 
+def test_a_model_in_training_mode_is_run_in_eval_mode_and_the_user_is_told(tmp_path, capsys):
+    rc, err, df = _run(tmp_path, capsys, "bad_models:training_mode_net", "--input-shape", "4",
+                       "--quantity", "batch_jacobian", "--strategy", "torch.vmap_jacrev")
+    assert rc == 0 and df["status"].tolist() == ["ok"], err
+    assert "the model is in training mode" in err and "1 dropout module(s), 1 batch norm " \
+        "module(s) act as after model.eval()" in err, err
+    # a new module is in training mode too; without dropout or batch norm nothing changes
+    rc, err, _ = _run(tmp_path, capsys, "bad_models:mlp", "--input-shape", "10", "--quantity",
+                      "batch_jacobian", "--strategy", "torch.vmap_jacrev")
+    assert rc == 0 and "training mode" not in err, err
+    from bad_models import training_mode_net
+    with pytest.warns(UserWarning, match="the model is in training mode"):
+        jacbench.compare(training_mode_net(), torch.randn(3, 4), ["batch_jacobian"],
+                         ["torch.vmap_jacrev"], profile="test", results=tmp_path / "c.jsonl")
+
+
 @pytest.mark.parametrize("model,quantity,message", [
     ("bad_models:argmax_net", "batch_jacobian", "argmax or an integer cast"),
     ("bad_models:nan_net", "batch_jacobian", "output holds NaN or inf"),
