@@ -29,7 +29,7 @@ from torch.func import functional_call, jacrev, vjp, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .torch_layer_rules import (LINEAR, Piece, attention_forward, conv_parts, embedding_parts,
-                                linear_parts, rule_of)
+                                linear_parts, rule_of, split_groups)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -243,8 +243,9 @@ def _capture(model: nn.Module, x: torch.Tensor, the_plan: Plan) -> Capture:
             target = cap.norms if rule == "norm" else cap.layers
             target[prefix] = (module, [(c.a, g) for c, g, _ in entries])
             continue
-        cap.pieces.append(_piece(prefix, rule, module, entries, m))
-        cap.flops += cap.pieces[-1].forward_flops() + cap.pieces[-1].backward_flops
+        for piece in _piece(prefix, rule, module, entries, m):
+            cap.pieces.append(piece)
+            cap.flops += piece.forward_flops() + piece.backward_flops
     for prefix, why in bad.items():
         module = owner.get(prefix)
         names = [_join(prefix, n) for n, _ in module.named_parameters()]
@@ -279,9 +280,10 @@ def _output_cotangents(calls: list, y, flat, m: int) -> list:
     return grads + known
 
 
-def _piece(prefix, rule, module, entries, m) -> Piece:
-    """One piece from every call of one layer (or projection): the calls' positions are
-    concatenated, since the parameter's gradient is the sum over its calls."""
+def _piece(prefix, rule, module, entries, m) -> list[Piece]:
+    """The pieces from every call of one layer (or projection): the calls' positions are
+    concatenated, since the parameter's gradient is the sum over its calls; a grouped
+    convolution is one piece per group (split_groups)."""
     parts, idx = [], []
     for c, g, _ in entries:
         if rule == "embedding":
@@ -309,8 +311,10 @@ def _piece(prefix, rule, module, entries, m) -> Piece:
         piece = Piece(prefix, P, G, weight, bias, P.shape[2])
     piece.unit = len(entries) == 1 and entries[0][2] and piece.T == 1
     inputs = sum(c.needs_input_cotangent for c, _, _ in entries) / len(entries)
-    piece.backward_flops = int(m * piece.forward_flops() * inputs)
-    return piece
+    pieces = split_groups(piece, module.groups) if rule == "conv" else [piece]
+    for p in pieces:
+        p.backward_flops = int(m * p.forward_flops() * inputs)
+    return pieces
 
 
 # ------------------------------------------------------------------------------ fallbacks

@@ -51,7 +51,7 @@ def rule_of(module: nn.Module) -> str | None:
     if _plain(module, nn.Linear):
         return LINEAR if _own(module, {"weight", "bias"}) else None
     if any(_plain(module, c) for c in _CONVS):
-        return "conv" if module.groups == 1 and _own(module, {"weight", "bias"}) else None
+        return "conv" if _own(module, {"weight", "bias"}) else None  # groups: split_groups
     if _plain(module, nn.Embedding):
         # max_norm rewrites rows during the forward; scale_grad_by_freq makes one sample's
         # gradient depend on the others.
@@ -144,6 +144,19 @@ def conv_parts(layer: nn.Module, a: torch.Tensor, g: torch.Tensor):
         kernel, dilation, stride = ((1,) + t for t in (kernel, dilation, stride))
     P = F.unfold(a, kernel, dilation=dilation, stride=stride)
     return P.transpose(1, 2), g.flatten(3).transpose(2, 3)
+
+
+def split_groups(piece: Piece, groups: int) -> list[Piece]:
+    """A convolution of `groups` groups as one piece per group: group g maps its block of
+    input channels (a block of K: unfold orders K by channel) to its block of output
+    channels, with its own row block of the weight (and bias) at the offsets given."""
+    if groups == 1:
+        return [piece]
+    K, C = piece.K // groups, piece.C // groups
+    (w, w_at), b = piece.weight, piece.bias
+    return [Piece(piece.name, piece.P[..., g * K:(g + 1) * K], piece.G[..., g * C:(g + 1) * C],
+                  (w, w_at + g * C * K), None if b is None else (b[0], b[1] + g * C), K)
+            for g in range(groups)]
 
 
 def embedding_parts(layer: nn.Embedding, a: torch.Tensor, g: torch.Tensor):

@@ -108,22 +108,27 @@ class Wrapper(nn.Module):
         return self.scale * self.net(x)
 
 
-def _convnet(dim: int, **conv):
+def _convnet(dim: int, groups: int = 1, **conv):
     conv_cls, bn_cls = (nn.Conv1d, nn.BatchNorm1d) if dim == 1 else (nn.Conv2d, nn.BatchNorm2d)
-    return nn.Sequential(conv_cls(2, 3, 3, **conv), bn_cls(3), nn.Tanh(),
-                         nn.Sequential(nn.Flatten(), nn.LazyLinear(4)))
+    c_out = 3 * groups  # 2 input and 3 output channels per group
+    return nn.Sequential(conv_cls(2 * groups, c_out, 3, groups=groups, **conv), bn_cls(c_out),
+                         nn.Tanh(), nn.Sequential(nn.Flatten(), nn.LazyLinear(4)))
 
 
 @pytest.mark.parametrize("dim", [2, 1], ids=["conv2d", "conv1d"])  # Conv1d: a Conv2d of height 1
 @pytest.mark.parametrize("gram", [True, False], ids=["gram", "grads"])
 @pytest.mark.parametrize("conv", [dict(stride=2, padding=1), dict(padding="same", bias=False),
                                   dict(dilation=2, padding=2, padding_mode="reflect"),
-                                  dict(padding=1, padding_mode="circular")],
-                         ids=["stride", "same-nobias", "dilation-reflect", "circular"])
+                                  dict(padding=1, padding_mode="circular"),
+                                  dict(groups=2, stride=2, padding=1),
+                                  dict(groups=3, padding=1, padding_mode="reflect", bias=False)],
+                         ids=["stride", "same-nobias", "dilation-reflect", "circular", "groups",
+                              "groups-reflect-nobias"])
 def test_conv_options_and_nested_sequential(monkeypatch, conv, gram, dim):
     monkeypatch.setattr(torch_structured, "_gram_is_cheaper", lambda *_: gram)
     torch.manual_seed(0)
-    model, x = _convnet(dim, **conv), torch.randn(3, 2, *(7,) * dim)
+    model = _convnet(dim, **conv)
+    x = torch.randn(3, model[0].in_channels, *(7,) * dim)
     model(x)  # materialise the lazy layer
     with torch.no_grad():  # eval-mode statistics that are not the identity
         model[1].running_mean.uniform_(-.5, .5)
@@ -372,6 +377,12 @@ def test_registered_strategy_says_routes_and_bound_after_its_first_call():
     assert run.bound.flops > 0 and run.bound.bound_s() > 0
 
 
+def _depthwise():
+    """A depthwise convolution (one group per channel, two outputs each), then a pointwise one."""
+    return nn.Sequential(nn.Conv2d(3, 6, 3, groups=3), nn.Tanh(), nn.Conv2d(6, 2, 1),
+                         nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+
+
 def _embedding_model():
     return nn.Sequential(nn.Embedding(7, 4, padding_idx=0), nn.Tanh(), nn.Flatten(),
                          nn.Linear(12, 2))
@@ -382,8 +393,9 @@ def _embedding_model():
     (Encoder, lambda: torch.randn(3, 4, 3)),
     (lambda: CrossAttention(True), lambda: torch.randn(3, 4, 3)),
     (Branches, lambda: torch.randn(3, 3)),
-    (_embedding_model, lambda: torch.randint(0, 7, (3, 3)))],
-    ids=["residual-bn", "encoder", "cross-attention", "branches", "embedding"])
+    (_embedding_model, lambda: torch.randint(0, 7, (3, 3))),
+    (_depthwise, lambda: torch.randn(3, 3, 5, 5))],
+    ids=["residual-bn", "encoder", "cross-attention", "branches", "embedding", "depthwise"])
 def test_param_jacobian_and_ggn_vp_follow_the_same_layers(make, x):
     """param_jacobian's and ggn_vp's torch.structured: per-sample gradients per layer, placed
     in named_parameters order, and J^T J v through the layers' factors, against the float64
