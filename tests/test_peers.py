@@ -201,6 +201,7 @@ def test_backpack_batch_grad_on_in_place_activations(tmp_path):
     assert "in-place op on a module's output" in inside["message"].iloc[0]
 
 
+@needs["backpack"]
 def test_backpack_on_a_reflect_padded_convolution_disagrees_and_says_why(tmp_path):
     """BackPACK pads every convolution with zeros: on a reflect-padded one its per-sample
     gradients are wrong, which the checker must catch; the row's note names the layer."""
