@@ -83,8 +83,8 @@ def _train_mode(model) -> str | None:
     mode (dropout, batch statistics), which the suite runs: the derivatives are eval mode's."""
     from torch import nn
 
-    kinds = {"dropout": (nn.modules.dropout._DropoutNd, nn.AlphaDropout),
-             "batch norm": (nn.modules.batchnorm._BatchNorm,)}
+    kinds = {"dropout": nn.modules.dropout._DropoutNd,  # AlphaDropout's base too
+             "batch norm": nn.modules.batchnorm._BatchNorm}
     found = {k: sum(isinstance(m, t) and m.training for m in model.modules())
              for k, t in kinds.items()}
     found = {k: n for k, n in found.items() if n}

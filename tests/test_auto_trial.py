@@ -57,10 +57,10 @@ def _planted(name: str, before=None, fail: bool = False):
                                                 lambda p: None))
 
 
-def _spin(seconds: float):
-    """Busy for `seconds`: a contender's work, which both trial clocks count."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+def _spin(seconds: float, now=time.perf_counter):
+    """Busy for `seconds` by the clock `now` (wall time by default): a contender's work."""
+    end = now() + seconds
+    while now() < end:
         pass
 
 
@@ -116,10 +116,8 @@ def test_the_trial_keeps_the_faster_contender_and_says_what_it_timed(planted, mo
 
 def test_the_cpu_clock_counts_the_calling_threads_work_only():
     """Another thread of the process busy meanwhile adds nothing to a contender's time."""
-    def busy():
-        end = time.thread_time() + 0.05
-        while time.thread_time() < end:
-            pass
+    def busy():  # 50 ms of the thread's own CPU time
+        _spin(0.05, time.thread_time)
 
     helper = threading.Thread(target=busy)
     t0 = auto_trial.CPU.now()
